@@ -1,0 +1,70 @@
+"""The broker port. Consumers receive deliveries through a handler and own their fate (ack or reject)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+
+class BrokerError(Exception):
+    """Base of the broker's errors."""
+
+
+class BrokerUnavailable(BrokerError):
+    """A publish could not be confirmed: the job was not handed over, callers answer 503."""
+
+
+class Delivery(ABC):
+    body: bytes
+    headers: Mapping[str, Any]
+    message_id: str | None
+    delivery_count: int  # 1 on the first delivery
+
+    @abstractmethod
+    async def ack(self) -> None: ...
+
+    @abstractmethod
+    async def reject(self, *, requeue: bool) -> None:
+        """requeue=False dead-letters the message (when its queue has a dead-letter queue)."""
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Subscription(ABC):
+    @abstractmethod
+    async def cancel(self) -> None:
+        """Stop receiving; unacknowledged deliveries go back to the queue."""
+
+
+class Broker(ABC):
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect and declare the topology (again on every reconnect)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Persistent publish; returns once the broker confirmed it, else raises BrokerUnavailable."""
+
+    @abstractmethod
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
+        """At most `prefetch` unacknowledged deliveries at once; the handler must not block for long."""
+
+    @abstractmethod
+    async def queue_depth(self, queue: str) -> int:
+        """Messages ready in the queue (not counting unacknowledged ones)."""
+
+    @abstractmethod
+    async def dead_letters(self, queue: str) -> list[bytes]:
+        """Bodies in the queue's dead-letter queue, for inspection and tests (does not consume them)."""

@@ -1,0 +1,1 @@
+"""Workers: inference with batching, network deployment."""

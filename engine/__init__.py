@@ -1,0 +1,1 @@
+"""Pure compute: decode, pre-process, run SavedModels, post-process. No sockets, no database."""

@@ -1,0 +1,1 @@
+"""The percept command, settings, and the composition of processes."""

@@ -1,0 +1,59 @@
+"""Building blocks shared by several schema modules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from typing import Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """Deepomatic's date format: ISO 8601 with microseconds and a `Z` suffix."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _lenient_bool(value: object) -> object:
+    # The official client sends Python reprs (`True`/`False`) in multipart fields.
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in {"true", "1", "yes", "on"}:
+            return True
+        if lowered in {"false", "0", "no", "off", ""}:
+            return False
+    return value
+
+
+LenientBool = Annotated[bool, BeforeValidator(_lenient_bool)]
+
+
+class StrictModel(BaseModel):
+    """Inbound objects: unknown fields are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BBox(StrictModel):
+    """A rectangle in normalized coordinates, origin top-left."""
+
+    xmin: float = Field(ge=0.0, le=1.0)
+    ymin: float = Field(ge=0.0, le=1.0)
+    xmax: float = Field(ge=0.0, le=1.0)
+    ymax: float = Field(ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.xmax <= self.xmin or self.ymax <= self.ymin:
+            raise ValueError("bbox needs xmin < xmax and ymin < ymax")
+        return self
+
+
+class Point(StrictModel):
+    x: float = Field(ge=0.0, le=1.0)
+    y: float = Field(ge=0.0, le=1.0)

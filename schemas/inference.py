@@ -1,0 +1,68 @@
+"""Inference requests as the API receives them and results as tasks return them."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from schemas.common import BBox, LenientBool, Point, StrictModel
+
+
+class ImageInput(StrictModel):
+    source: str | bytes = Field(description="URL, `data:image/*;base64,...`, plain base64, or multipart bytes")
+    bbox: BBox | None = None
+    polygon: list[Point] | None = Field(default=None, min_length=3)
+    crop_uniform_background: LenientBool = False
+
+
+class InferenceInput(StrictModel):
+    image: ImageInput
+
+
+class InferenceRequest(StrictModel):
+    inputs: list[InferenceInput] = Field(min_length=1, max_length=1)
+    show_discarded: LenientBool = False
+    max_predictions: int = Field(default=100, ge=1, le=1000)
+
+
+class NetworkInferenceRequest(InferenceRequest):
+    output_layers: list[str] | None = None
+
+
+class RoiBox(BaseModel):
+    region_id: int
+    bbox: BBox
+
+
+class Prediction(BaseModel):
+    label_id: int
+    label_name: str
+    score: float
+    threshold: float
+    roi: RoiBox | None = None
+
+
+class LabelsResult(BaseModel):
+    predicted: list[Prediction]
+    discarded: list[Prediction]
+
+
+class OutputResult(BaseModel):
+    labels: LabelsResult
+
+
+class InferenceResult(BaseModel):
+    """Task data of a recognition inference: outputs[i] answers the spec's outputs[i]."""
+
+    outputs: list[OutputResult]
+
+
+class Tensor(BaseModel):
+    name: str
+    shape: list[int]
+    data: list[float] | list[int]
+
+
+class TensorsResult(BaseModel):
+    """Task data of a network inference: raw output tensors."""
+
+    tensors: list[Tensor]

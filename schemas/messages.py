@@ -1,0 +1,68 @@
+"""Queue messages. JSON on the wire, never pickle; each carries a schema version."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Base64Bytes, BaseModel, ConfigDict, Field
+
+from schemas.common import BBox, Point
+from schemas.networks import Preprocessing
+from schemas.specs import SpecOutput
+from schemas.versions import PostProcessing
+
+
+class JobImage(BaseModel):
+    """One image: bytes inside the message, or a URL the consumer fetches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    data: Base64Bytes | None = None
+    bbox: BBox | None = None
+    polygon: list[Point] | None = None
+    crop_uniform_background: bool = False
+
+
+class ModelRef(BaseModel):
+    """What a consumer needs to run a job, resolved by the gateway so consumers need no lookups."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    network_id: str
+    network_files: list[str]
+    preprocessing: Preprocessing
+    version_id: str | None = None
+    outputs: list[SpecOutput] = Field(default_factory=list)
+    post_processings: list[PostProcessing] = Field(default_factory=list)
+
+    def batch_key(self) -> str:
+        """Jobs with the same key can share one forward pass."""
+        return f"version:{self.version_id}" if self.version_id else f"network:{self.network_id}"
+
+
+class InferenceJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    kind: Literal["inference"] = "inference"
+    task_id: str
+    owner: str
+    model: ModelRef
+    image: JobImage
+    show_discarded: bool = False
+    max_predictions: int = 100
+    output_layers: list[str] | None = None
+
+
+class DeploymentJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    kind: Literal["deployment"] = "deployment"
+    task_id: str
+    owner: str
+    network_id: str
+
+
+Job = Annotated[InferenceJob | DeploymentJob, Field(discriminator="kind")]

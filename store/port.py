@@ -1,0 +1,124 @@
+"""The store port: typed documents in collections, conditional task completion, and model files.
+
+Every adapter passes `tests/store/contract.py`. Documents are pydantic models; adapters keep them as JSON
+(`model_dump(mode="json")`) and validate them back with the collection's model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from schemas.documents import ApiKeyDoc, Document, NetworkDoc, SpecDoc, TaskDoc, TaskOutcome, VersionDoc
+
+D = TypeVar("D", bound=Document)
+
+
+@dataclass(frozen=True)
+class Collection(Generic[D]):
+    name: str
+    model: type[D]
+
+
+API_KEYS = Collection("api_keys", ApiKeyDoc)
+NETWORKS = Collection("networks", NetworkDoc)
+SPECS = Collection("specs", SpecDoc)
+VERSIONS = Collection("versions", VersionDoc)
+TASKS = Collection("tasks", TaskDoc)
+ALL_COLLECTIONS: tuple[Collection[Any], ...] = (API_KEYS, NETWORKS, SPECS, VERSIONS, TASKS)
+
+
+@dataclass(frozen=True)
+class Page(Generic[D]):
+    count: int  # all matches, not just this page
+    items: list[D]
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class DuplicateId(StoreError):
+    """A document with that id already exists in the collection."""
+
+
+class FileMissing(StoreError):
+    """No file is stored under that key."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached; callers answer 503 or pause."""
+
+
+Where = Mapping[str, str | int | bool | None]
+
+
+class Store(ABC):
+    """Documents are scoped by owner: reads take the owners a caller may see, writes the one it acts as."""
+
+    @abstractmethod
+    async def next_id(self, counter: str) -> str:
+        """A decimal string, strictly increasing per counter, unique across processes sharing the store."""
+
+    @abstractmethod
+    async def insert(self, collection: Collection[D], doc: D) -> None:
+        """Raises DuplicateId if `doc.id` exists."""
+
+    @abstractmethod
+    async def get(self, collection: Collection[D], doc_id: str, *, owners: Sequence[str]) -> D | None: ...
+
+    @abstractmethod
+    async def get_many(
+        self, collection: Collection[D], ids: Sequence[str], *, owners: Sequence[str]
+    ) -> list[D]:
+        """One round trip; results in the order of `ids`, unknown or foreign ids skipped."""
+
+    @abstractmethod
+    async def find(
+        self,
+        collection: Collection[D],
+        *,
+        owners: Sequence[str],
+        where: Where | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Page[D]:
+        """Equality match on top-level fields; oldest inserted first."""
+
+    @abstractmethod
+    async def update(
+        self, collection: Collection[D], doc_id: str, *, owner: str, changes: Mapping[str, Any]
+    ) -> D | None:
+        """Set top-level fields (python values, validated by the model); None if absent or foreign."""
+
+    @abstractmethod
+    async def delete(self, collection: Collection[D], doc_id: str, *, owner: str) -> bool: ...
+
+    @abstractmethod
+    async def delete_where(self, collection: Collection[D], *, owner: str, where: Where) -> int: ...
+
+    @abstractmethod
+    async def finish_tasks(self, outcomes: Sequence[TaskOutcome]) -> int:
+        """Move pending tasks to their terminal state in one bulk write; a terminal task never changes.
+
+        Returns how many tasks moved; outcomes for already finished or unknown tasks are ignored.
+        """
+
+    @abstractmethod
+    async def put_file(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def get_file(self, key: str) -> bytes:
+        """Raises FileMissing."""
+
+    @abstractmethod
+    async def delete_files(self, prefix: str) -> int: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raises StoreUnavailable when the database cannot answer."""
+
+    @abstractmethod
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Percept test suite."""
