@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.common import utc_now
 from schemas.networks import Framework, NetworkPostprocessing, NetworkStatus, Preprocessing
+from schemas.signature import Signature
 from schemas.specs import SpecOutput
 from schemas.versions import PostProcessing
 
@@ -40,7 +41,7 @@ class NetworkDoc(Document):
     files: list[str] = Field(default_factory=list)
     status: NetworkStatus = NetworkStatus.DEPLOYING
     task_id: str
-    signature: dict[str, Any] | None = Field(default=None, description="inputs/outputs found at deployment")
+    signature: Signature | None = Field(default=None, description="inputs and outputs found at deployment")
     create_date: datetime = Field(default_factory=utc_now)
     update_date: datetime = Field(default_factory=utc_now)
 
