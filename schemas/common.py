@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import UTC, datetime
 from typing import Annotated
 
 from typing import Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 
 def utc_now() -> datetime:
@@ -31,6 +33,25 @@ def _lenient_bool(value: object) -> object:
 
 
 LenientBool = Annotated[bool, BeforeValidator(_lenient_bool)]
+
+
+def _from_base64(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error as error:
+            raise ValueError(f"not valid base64 ({error})") from None
+    return value
+
+
+def _to_base64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+# Raw bytes in Python, base64 text in JSON (queue messages).
+InlineBytes = Annotated[
+    bytes, BeforeValidator(_from_base64), PlainSerializer(_to_base64, return_type=str, when_used="json")
+]
 
 
 class StrictModel(BaseModel):

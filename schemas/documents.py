@@ -15,6 +15,7 @@ from schemas.specs import SpecOutput
 from schemas.versions import PostProcessing
 
 PUBLIC_OWNER = "public"
+KEYS_OWNER = "keys"  # API keys are looked up before the tenant is known
 
 
 class Document(BaseModel):
@@ -25,8 +26,9 @@ class Document(BaseModel):
 
 
 class ApiKeyDoc(Document):
-    """`id` is the SHA-256 of the key: keys are never stored in clear."""
+    """`id` is the SHA-256 of the key: keys are never stored in clear. `owner` is always KEYS_OWNER."""
 
+    tenant: str
     name: str = ""
     created: datetime = Field(default_factory=utc_now)
 

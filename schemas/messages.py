@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Base64Bytes, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.common import BBox, Point
+from schemas.common import BBox, InlineBytes, Point
 from schemas.networks import Preprocessing
 from schemas.specs import SpecOutput
 from schemas.versions import PostProcessing
@@ -18,7 +18,7 @@ class JobImage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str | None = None
-    data: Base64Bytes | None = None
+    data: InlineBytes | None = None
     bbox: BBox | None = None
     polygon: list[Point] | None = None
     crop_uniform_background: bool = False

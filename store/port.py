@@ -122,3 +122,8 @@ class Store(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+
+def network_file_key(network_id: str, path: str) -> str:
+    """Where a network's file lives in the store; `path` is relative to its SavedModel folder."""
+    return f"networks/{network_id}/{path}"

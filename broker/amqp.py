@@ -1,0 +1,215 @@
+"""The RabbitMQ adapter (aio-pika): persistent messages, publisher confirms, manual acks, quorum queues.
+
+Topology is declared through the publisher's robust channel. aio-pika records every robust declaration and
+replays it inside the channel's restore, before the channel reports ready, on every reconnect. We rely on
+that rather than on `reconnect_callbacks`, because those run only after every channel has been restored (a
+consumer channel would first meet a missing queue) and their exceptions are logged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from broker.port import Broker, BrokerError, BrokerUnavailable, Delivery, Handler, Subscription
+from broker.topology import DEAD_LETTER_EXCHANGE, EXCHANGE, QUEUES, QueueSpec, queue_spec
+
+# aio-pika's own list of what a lost connection or channel raises, plus our deadline.
+FAILURES = (*CONNECTION_EXCEPTIONS, TimeoutError)
+# aio-pika's default is 5 s; a consumer or gateway should be back sooner after a broker restart.
+RECONNECT_INTERVAL = 1.0
+
+
+def _spec(queue: str) -> QueueSpec:
+    try:
+        return queue_spec(queue)
+    except KeyError as exc:
+        raise BrokerError(str(exc)) from None
+
+
+async def _declare_work_queue(channel: AbstractRobustChannel, spec: QueueSpec) -> AbstractQueue:
+    return await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+
+
+async def declare_topology(channel: AbstractRobustChannel) -> AbstractExchange:
+    """Declare exchanges, work queues and dead-letter queues; returns the work exchange."""
+    exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    for spec in QUEUES:
+        work = await _declare_work_queue(channel, spec)
+        await work.bind(exchange, routing_key=spec.name)
+        dead_letters = await channel.declare_queue(spec.dead_letter_queue, durable=True)
+        await dead_letters.bind(dead, routing_key=spec.dead_letter_queue)
+    return exchange
+
+
+class AmqpDelivery(Delivery):
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        headers = dict(message.headers)
+        # Quorum queues count earlier deliveries in x-delivery-count (absent or 0 on the first one).
+        previous = headers.pop("x-delivery-count", None)
+        self.body = message.body
+        self.headers = headers
+        self.message_id = message.message_id
+        self.delivery_count = (previous if isinstance(previous, int) else 0) + 1
+        self._message = message
+
+    async def ack(self) -> None:
+        try:
+            await self._message.ack()
+        except FAILURES as exc:
+            # The channel is gone: the broker has already requeued the message and will redeliver it.
+            raise BrokerError(f"ack failed: {exc!r}") from exc
+
+    async def reject(self, *, requeue: bool) -> None:
+        try:
+            await self._message.reject(requeue=requeue)
+        except FAILURES as exc:
+            raise BrokerError(f"reject failed: {exc!r}") from exc
+
+
+class AmqpSubscription(Subscription):
+    def __init__(self, channel: AbstractRobustChannel, queue: AbstractQueue, consumer_tag: str) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._consumer_tag = consumer_tag
+
+    async def cancel(self) -> None:
+        if self._channel.is_closed:
+            return
+        try:
+            await self._queue.cancel(self._consumer_tag)
+        finally:
+            # basic.cancel keeps unacked deliveries on the channel; closing it hands them back to the queue.
+            await self._channel.close()
+
+
+class AmqpBroker(Broker):
+    def __init__(self, url: str, *, publish_timeout: float = 5.0) -> None:
+        self._url = url
+        self._timeout = publish_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._exchange: AbstractExchange | None = None
+
+    async def start(self) -> None:
+        try:
+            # timeout bounds each connection attempt; with fail_fast (the default) a failed first attempt
+            # raises here instead of retrying in the background.
+            self._connection = await aio_pika.connect_robust(
+                self._url, timeout=self._timeout, reconnect_interval=RECONNECT_INTERVAL
+            )
+            async with asyncio.timeout(self._timeout):
+                self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+                self._exchange = await declare_topology(self._channel)
+        except FAILURES as exc:
+            await self.close()
+            raise BrokerUnavailable(f"cannot reach RabbitMQ: {exc!r}") from exc
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+        self._connection = self._channel = self._exchange = None
+
+    def _connected(self) -> tuple[AbstractRobustConnection, AbstractRobustChannel, AbstractExchange]:
+        if self._connection is None or self._channel is None or self._exchange is None:
+            raise BrokerUnavailable("the broker is not started")
+        return self._connection, self._channel, self._exchange
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        _spec(queue)
+        _, channel, exchange = self._connected()
+        message = aio_pika.Message(
+            body,
+            headers=dict(headers or {}),
+            message_id=message_id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        try:
+            async with asyncio.timeout(self._timeout):
+                # While reconnecting this waits for the connection and the re-declared topology.
+                await channel.ready()
+                # mandatory + on_return_raises: an unroutable message raises instead of vanishing.
+                await exchange.publish(message, routing_key=queue, mandatory=True)
+        except FAILURES as exc:
+            raise BrokerUnavailable(f"publish to {queue} not confirmed: {exc!r}") from exc
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
+        spec = _spec(queue)
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        connection, _, _ = self._connected()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await handler(AmqpDelivery(message))
+
+        try:
+            async with asyncio.timeout(self._timeout):
+                # Its own channel: qos applies per channel, and closing it returns only its deliveries.
+                channel = await connection.channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=prefetch)
+                # Declared here too (same arguments, so idempotent) so this channel's restore never depends
+                # on the publisher channel having been restored first.
+                work = await _declare_work_queue(channel, spec)
+                tag = await work.consume(on_message, no_ack=False)
+        except FAILURES as exc:
+            raise BrokerUnavailable(f"cannot consume from {queue}: {exc!r}") from exc
+        return AmqpSubscription(channel, work, tag)
+
+    @asynccontextmanager
+    async def _inspection_channel(self) -> AsyncIterator[AbstractRobustChannel]:
+        """A short-lived channel, so a failed passive declare never closes the publisher's channel."""
+        connection, _, _ = self._connected()
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with connection.channel(publisher_confirms=False) as channel:
+                    yield channel
+        except FAILURES as exc:
+            raise BrokerUnavailable(f"cannot inspect queues: {exc!r}") from exc
+
+    async def queue_depth(self, queue: str) -> int:
+        spec = _spec(queue)
+        async with self._inspection_channel() as channel:
+            declared = await channel.declare_queue(spec.name, passive=True, robust=False)
+        return _message_count(declared)
+
+    async def dead_letters(self, queue: str) -> list[bytes]:
+        """For tests and inspection only: holds every dead letter unacked at once, then gives all back.
+
+        Each message is fetched with basic.get and kept unacknowledged (a message requeued at once would be
+        the next one fetched again); closing the channel returns them all in their original order.
+        """
+        spec = _spec(queue)
+        bodies: list[bytes] = []
+        async with self._inspection_channel() as channel:
+            dead = await channel.declare_queue(spec.dead_letter_queue, passive=True, robust=False)
+            for _ in range(_message_count(dead)):
+                message = await dead.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                bodies.append(message.body)
+        return bodies
+
+
+def _message_count(queue: AbstractQueue) -> int:
+    result = queue.declaration_result
+    return result.message_count or 0

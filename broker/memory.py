@@ -1,0 +1,178 @@
+"""The in-process broker of the embedded `percept serve`, with the semantics of the RabbitMQ adapter.
+
+Same topology (broker.topology.QUEUES), per-subscription prefetch, delivery counting and dead-lettering
+after `delivery_limit` deliveries. A delivery returned by reject(requeue=True) or by a cancelled subscription
+counts, as in a quorum queue. Messages live in memory only: jobs queued when the process stops are lost,
+so the embedded service must re-enqueue pending tasks from its store on start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.port import Broker, BrokerError, BrokerUnavailable, Delivery, Handler, Subscription
+from broker.topology import QUEUES, QueueSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Message:
+    body: bytes
+    headers: dict[str, Any]
+    message_id: str
+    deliveries: int = 0  # how many times it was handed to a consumer
+
+
+@dataclass(eq=False)
+class _Queue:
+    spec: QueueSpec
+    ready: deque[_Message] = field(default_factory=deque)
+    dead: list[_Message] = field(default_factory=list)
+    subscriptions: list[MemorySubscription] = field(default_factory=list)
+
+    def give_back(self, message: _Message) -> None:
+        """An unacked delivery came back: redeliver it first, or dead-letter it once it used its limit."""
+        if message.deliveries >= self.spec.delivery_limit:
+            self.dead.append(message)
+        else:
+            self.ready.appendleft(message)
+
+    def dispatch(self) -> None:
+        """Hand ready messages to subscriptions with free prefetch slots, round robin; runs on each change."""
+        while self.ready:
+            subscription = next((s for s in self.subscriptions if s.has_room()), None)
+            if subscription is None:
+                return
+            # Moving the chosen subscription to the end spreads messages over consumers.
+            self.subscriptions.remove(subscription)
+            self.subscriptions.append(subscription)
+            message = self.ready.popleft()
+            message.deliveries += 1
+            subscription.deliver(message)
+
+
+class MemoryDelivery(Delivery):
+    def __init__(self, subscription: MemorySubscription, message: _Message) -> None:
+        self.body = message.body
+        self.headers = dict(message.headers)
+        self.message_id = message.message_id
+        self.delivery_count = message.deliveries
+        self._subscription = subscription
+
+    async def ack(self) -> None:
+        self._subscription.settle(self)
+        self._subscription.queue.dispatch()
+
+    async def reject(self, *, requeue: bool) -> None:
+        message = self._subscription.settle(self)
+        queue = self._subscription.queue
+        if requeue:
+            queue.give_back(message)
+        else:
+            queue.dead.append(message)
+        queue.dispatch()
+
+
+class MemorySubscription(Subscription):
+    def __init__(self, queue: _Queue, handler: Handler, prefetch: int) -> None:
+        self.queue = queue
+        self._handler = handler
+        self._prefetch = prefetch
+        self._unacked: dict[MemoryDelivery, _Message] = {}  # in delivery order
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def has_room(self) -> bool:
+        return len(self._unacked) < self._prefetch
+
+    def deliver(self, message: _Message) -> None:
+        delivery = MemoryDelivery(self, message)
+        self._unacked[delivery] = message
+        # One task per delivery, as aio-pika does: a handler awaiting briefly does not hold up the others.
+        task = asyncio.create_task(self._handle(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, delivery: MemoryDelivery) -> None:
+        try:
+            await self._handler(delivery)
+        except Exception:
+            # Like an AMQP consumer: the delivery stays unacknowledged until its subscription is cancelled.
+            log.exception("broker_handler_failed queue=%s", self.queue.spec.name)
+
+    def settle(self, delivery: MemoryDelivery) -> _Message:
+        try:
+            return self._unacked.pop(delivery)
+        except KeyError:
+            raise BrokerError("delivery already settled, or its subscription was cancelled") from None
+
+    async def cancel(self) -> None:
+        if self not in self.queue.subscriptions:
+            return
+        self.queue.subscriptions.remove(self)
+        # Closing an AMQP channel ends its handler tasks too; a handler may cancel its own subscription.
+        running = self._tasks - {asyncio.current_task()}
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        returned = list(self._unacked.values())
+        self._unacked.clear()
+        # appendleft in reverse keeps the original order at the head of the queue.
+        for message in reversed(returned):
+            self.queue.give_back(message)
+        self.queue.dispatch()
+
+
+class MemoryBroker(Broker):
+    def __init__(self) -> None:
+        self._queues = {spec.name: _Queue(spec) for spec in QUEUES}
+        self._open = False
+
+    def _queue(self, name: str) -> _Queue:
+        try:
+            return self._queues[name]
+        except KeyError:
+            raise BrokerError(f"unknown queue {name!r}") from None
+
+    async def start(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+        for queue in self._queues.values():
+            for subscription in list(queue.subscriptions):
+                await subscription.cancel()
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        target = self._queue(queue)
+        if not self._open:
+            raise BrokerUnavailable("the in-process broker is not started")
+        target.ready.append(_Message(body, dict(headers or {}), message_id))
+        target.dispatch()
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        target = self._queue(queue)
+        subscription = MemorySubscription(target, handler, prefetch)
+        target.subscriptions.append(subscription)
+        target.dispatch()
+        return subscription
+
+    async def queue_depth(self, queue: str) -> int:
+        return len(self._queue(queue).ready)
+
+    async def dead_letters(self, queue: str) -> list[bytes]:
+        return [message.body for message in self._queue(queue).dead]

@@ -1,0 +1,99 @@
+"""The synchronous work of a job, run off the event loop: image preparation, and a batch's forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from consumers.models import LoadedNetwork
+from engine.decode import decode_image
+from engine.errors import ModelError
+from engine.postprocess import raw_tensors, recognize
+from engine.preprocess import ImageMeta, group_by_shape, preprocess
+from schemas.messages import InferenceJob
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    job: InferenceJob
+    example: np.ndarray
+    meta: ImageMeta
+
+
+def prepare(job: InferenceJob, data: bytes, *, mean: np.ndarray | None, max_pixels: int) -> PreparedJob:
+    """Decode and pre-process one image (raises engine ImageError with a reason for the user)."""
+    image = decode_image(data, max_pixels=max_pixels)
+    spec = job.model.preprocessing.inputs[0].image
+    example, meta = preprocess(
+        image,
+        spec,
+        bbox=job.image.bbox,
+        polygon=job.image.polygon,
+        crop_uniform_background=job.image.crop_uniform_background,
+        mean=mean,
+    )
+    return PreparedJob(job=job, example=example, meta=meta)
+
+
+def _input_key(network: LoadedNetwork, job: InferenceJob) -> str:
+    name = job.model.preprocessing.inputs[0].tensor_name
+    key = network.model.signature.resolve_input(name)
+    if key is None:
+        raise ModelError(f"the network has no input tensor {name!r}")
+    return key
+
+
+def _output_key(network: LoadedNetwork, name: str) -> str:
+    key = network.model.signature.resolve_output(name)
+    if key is None:
+        known = ", ".join(sorted(network.model.signature.outputs))
+        raise ModelError(f"the network has no output tensor {name!r} (outputs: {known})")
+    return key
+
+
+def _result(network: LoadedNetwork, prepared: PreparedJob, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    job = prepared.job
+    model = job.model
+    if model.version_id is None:
+        names = job.output_layers or sorted(network.model.signature.outputs)
+        tensors = {name: outputs[_output_key(network, name)] for name in names}
+        return raw_tensors(tensors, names).model_dump(mode="json")
+    wanted = {name for post in model.post_processings for name in post.tensor_names()}
+    tensors = {name: outputs[_output_key(network, name)] for name in wanted}
+    result = recognize(
+        tensors,
+        prepared.meta,
+        model.outputs,
+        model.post_processings,
+        show_discarded=job.show_discarded,
+        max_predictions=job.max_predictions,
+    )
+    return result.model_dump(mode="json", exclude_none=True)
+
+
+def run_batch(network: LoadedNetwork, batch: Sequence[PreparedJob]) -> list[dict[str, Any] | ModelError]:
+    """One forward pass per group of equal input shapes; results (or the model's error) in input order."""
+    results: list[dict[str, Any] | ModelError] = [ModelError("not run")] * len(batch)
+    for group in group_by_shape([item.example for item in batch]):
+        try:
+            input_key = _input_key(network, batch[group[0]].job)
+            outputs = network.model.predict({input_key: np.stack([batch[index].example for index in group])})
+        except ModelError as error:
+            for index in group:
+                results[index] = error
+            continue
+        except Exception as error:  # TensorFlow's own errors: the network cannot run this input
+            failure = ModelError(f"the network failed to run: {str(error).splitlines()[0] if str(error) else error!r}")
+            for index in group:
+                results[index] = failure
+            continue
+        for position, index in enumerate(group):
+            single = {name: values[position] for name, values in outputs.items()}
+            try:
+                results[index] = _result(network, batch[index], single)
+            except ModelError as error:
+                results[index] = error
+    return results

@@ -1,0 +1,20 @@
+"""What a consumer process needs to know, handed over by the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    cache_dir: Path  # model files copied from the store, one folder per network
+    max_batch_size: int = 8
+    max_batch_delay_s: float = 0.005
+    prefetch: int = 32
+    max_image_pixels: int = 40_000_000
+    fetch_timeout_s: float = 10.0
+    fetch_max_bytes: int = 20 * 1024 * 1024
+    outbound_allow: tuple[str, ...] = ()
+    model_cache_size: int = 8
+    decode_threads: int = 2

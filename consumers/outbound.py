@@ -1,0 +1,88 @@
+"""Outbound address policy: refuse loopback, private, link-local, multicast and metadata addresses.
+
+Names are checked inside the HTTP client's resolver, so the connection goes to the very address that was
+checked (no DNS rebinding between check and connect). The client skips its resolver for IP literals, so
+`check_literal` covers those, for the first URL and for every redirect hop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class RefusedAddress(OSError):
+    """The destination is not allowed by the outbound policy."""
+
+
+def _embedded_ipv4(address: IpAddress) -> IpAddress:
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
+def is_public(address: IpAddress) -> bool:
+    inner = _embedded_ipv4(address)
+    return inner.is_global and not inner.is_multicast
+
+
+class OutboundPolicy:
+    def __init__(self, allow: Sequence[str] = ()) -> None:
+        self._networks = []
+        self._hosts = set()
+        for entry in (item.strip() for item in allow):
+            if not entry:
+                continue
+            try:
+                self._networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self._hosts.add(entry.lower())
+
+    def allows(self, host: str, address: IpAddress) -> bool:
+        if host.lower() in self._hosts:
+            return True
+        inner = _embedded_ipv4(address)
+        if any(inner in network or address in network for network in self._networks):
+            return True
+        return is_public(address)
+
+
+    def check_literal(self, host: str) -> None:
+        """Refuse an IP-literal host the policy does not allow; names are left to the resolver."""
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return
+        if not self.allows(host, address):
+            raise RefusedAddress(f"{host} is not allowed: private or internal address")
+
+
+class GuardedResolver(AbstractResolver):
+    def __init__(self, policy: OutboundPolicy) -> None:
+        self._policy = policy
+        self._resolver = ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._resolver.resolve(host, port, family)
+        allowed = [r for r in results if self._policy.allows(host, ipaddress.ip_address(r["host"]))]
+        if not allowed:
+            raise RefusedAddress(f"{host} resolves only to addresses that are not allowed (private or internal)")
+        return allowed
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def connector_kwargs(policy: OutboundPolicy) -> dict[str, Any]:
+    return {"resolver": GuardedResolver(policy), "use_dns_cache": False}

@@ -1,0 +1,87 @@
+"""A consumer process's composition: subscriptions, executors, batchers; started and stopped as one."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+
+from broker.port import Broker, Delivery, Handler, Subscription
+from broker.topology import DEPLOYMENT, INFERENCE
+from consumers.config import ConsumerConfig
+from consumers.deployment import DeploymentWorker
+from consumers.fetch import ImageFetcher
+from consumers.inference import InferenceWorker
+from consumers.models import ModelCache
+from consumers.outbound import OutboundPolicy
+from consumers.results import ResultWriter
+from store.port import Store
+
+log = structlog.get_logger("consumer")
+
+
+class ConsumerService:
+    def __init__(self, store: Store, broker: Broker, config: ConsumerConfig) -> None:
+        self._broker = broker
+        self._config = config
+        # One model thread: TensorFlow batches are large enough to use the cores; decoding overlaps it.
+        self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._decode_executor = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="decode")
+        self._fetcher = ImageFetcher(
+            OutboundPolicy(config.outbound_allow), timeout_s=config.fetch_timeout_s, max_bytes=config.fetch_max_bytes
+        )
+        models = ModelCache(store, config.cache_dir, self._model_executor, capacity=config.model_cache_size)
+        self._results = ResultWriter(store)
+        self.inference = InferenceWorker(
+            store,
+            models,
+            self._fetcher,
+            self._results,
+            config=config,
+            decode_executor=self._decode_executor,
+            model_executor=self._model_executor,
+        )
+        self._deployment = DeploymentWorker(store, models, self._results, model_executor=self._model_executor)
+        self._subscriptions: list[Subscription] = []
+        self._loops: list[asyncio.Task[None]] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def _dispatch(self, handle: Handler) -> Handler:
+        """Broker callbacks return at once; the work runs as its own task so deliveries can batch."""
+
+        async def on_delivery(delivery: Delivery) -> None:
+            task = asyncio.create_task(handle(delivery))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+        return on_delivery
+
+    async def start(self) -> None:
+        self._loops = [
+            asyncio.create_task(self.inference.batcher.run()),
+            asyncio.create_task(self._results.batcher.run()),
+        ]
+        self._subscriptions = [
+            await self._broker.consume(
+                INFERENCE.name, self._dispatch(self.inference.handle), prefetch=self._config.prefetch
+            ),
+            await self._broker.consume(DEPLOYMENT.name, self._dispatch(self._deployment.handle), prefetch=1),
+        ]
+        log.info("consumer_started", prefetch=self._config.prefetch, max_batch_size=self._config.max_batch_size)
+
+    async def stop(self, *, grace_s: float = 30.0) -> None:
+        """Stop taking jobs, let in-flight ones finish (or return them to the queue), then release everything."""
+        for subscription in self._subscriptions:
+            await subscription.cancel()
+        if self._in_flight:
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+        for loop_task in self._loops:
+            loop_task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self._fetcher.close()
+        self._decode_executor.shutdown(wait=False, cancel_futures=True)
+        self._model_executor.shutdown(wait=True, cancel_futures=True)
+        log.info("consumer_stopped")

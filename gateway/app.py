@@ -1,0 +1,27 @@
+"""The gateway's composition: an aiohttp application over a store and a broker it is given."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.port import Broker
+from gateway.auth import KeyCache, auth_middleware
+from gateway.context import BROKER, CONFIG, STORE, GatewayConfig
+from gateway.middleware import errors_middleware
+from gateway.openapi import serve_openapi
+from gateway.routes import accounts, health, networks, specs, tasks, versions
+from store.port import Store
+
+
+def create_app(config: GatewayConfig, *, store: Store, broker: Broker) -> web.Application:
+    app = web.Application(
+        client_max_size=config.max_request_bytes,
+        middlewares=[errors_middleware, auth_middleware(KeyCache())],
+    )
+    app[CONFIG] = config
+    app[STORE] = store
+    app[BROKER] = broker
+    app.router.add_get("/openapi.json", serve_openapi)
+    for module in (health, accounts, networks, specs, versions, tasks):
+        module.setup(app)
+    return app

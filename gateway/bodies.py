@@ -1,0 +1,81 @@
+"""Request bodies: JSON or multipart (read part by part, never decoding images), anything else 415."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from gateway.errors import InvalidInput, UnsupportedMediaType
+from gateway.unflatten import unflatten
+
+
+@dataclass
+class Body:
+    """`fields` nested as the client meant them; `files` holds multipart parts that came with a filename."""
+
+    fields: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+    text_pairs: list[tuple[str, Any]] = field(default_factory=list)
+
+    def with_files(self) -> dict[str, Any]:
+        """Fields with file parts in place, for inference: the image is a file part named `inputs[0]image.source`."""
+        if not self.files:
+            return self.fields
+        return unflatten([*self.text_pairs, *self.files.items()])
+
+
+def _text_value(raw: bytes, content_type: str | None, name: str) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("form fields must be UTF-8 text", field=name) from None
+    if content_type and content_type.startswith("application/json"):
+        # The official client labels `False` (a Python repr) as JSON: keep the text when it is not JSON.
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+async def _read_multipart(request: web.Request) -> Body:
+    reader = await request.multipart()
+    pairs: list[tuple[str, Any]] = []
+    files: dict[str, bytes] = {}
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            raise InvalidInput("nested multipart bodies are not supported")
+        name = part.name
+        if not name:
+            raise InvalidInput("every multipart part needs a name")
+        raw = bytes(await part.read())
+        if part.filename is not None:
+            files[name] = raw
+        else:
+            pairs.append((name, _text_value(raw, part.headers.get("Content-Type"), name)))
+    return Body(fields=unflatten(pairs), files=files, text_pairs=pairs)
+
+
+async def read_body(request: web.Request, *, allow_empty: bool = False) -> Body:
+    if not request.body_exists:
+        if allow_empty:
+            return Body(fields={})
+        raise InvalidInput("request body is empty; send JSON or multipart/form-data")
+    content_type = request.content_type
+    if content_type == "application/json":
+        try:
+            parsed = json.loads(await request.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InvalidInput(f"body is not valid JSON ({error})") from None
+        if not isinstance(parsed, dict):
+            raise InvalidInput("body must be a JSON object")
+        return Body(fields=parsed)
+    if content_type == "multipart/form-data":
+        return await _read_multipart(request)
+    raise UnsupportedMediaType(
+        f"content type {content_type!r} is not supported; send application/json or multipart/form-data",
+        field="Content-Type",
+    )

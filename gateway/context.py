@@ -1,0 +1,29 @@
+"""What handlers find on the application: typed keys, the gateway's own configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from broker.port import Broker
+from store.port import Store
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    public_url: str = ""  # base of absolute links; empty: taken from each request
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_inline_image_bytes: int = 20 * 1024 * 1024
+
+
+STORE = web.AppKey("store", Store)
+BROKER = web.AppKey("broker", Broker)
+CONFIG = web.AppKey("config", GatewayConfig)
+OWNER = web.RequestKey("owner", str)  # the tenant the API key belongs to
+
+
+def owner_of(request: web.Request) -> str:
+    owner = request.get(OWNER)
+    assert isinstance(owner, str), "route is missing the auth middleware"
+    return owner

@@ -1,0 +1,54 @@
+"""The one place where errors become HTTP answers: JSON bodies naming the field and the reason."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.errors import (
+    ApiError,
+    InvalidInput,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    from_validation_error,
+)
+from store.port import StoreUnavailable
+
+log = structlog.get_logger("gateway")
+
+
+def _as_api_error(error: web.HTTPException) -> ApiError:
+    if isinstance(error, web.HTTPNotFound):
+        return NotFound("no such endpoint; the API lives under /v0.7/ (see /openapi.json)", field="path")
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"method {error.method} is not allowed here; allowed: {', '.join(sorted(error.allowed_methods))}")
+    if isinstance(error, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge(error.text or "request body too large", field="body")
+    return InvalidInput(error.reason)
+
+
+def _answer(error: ApiError) -> web.Response:
+    return web.json_response(error.body(), status=error.status, headers=error.headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return _answer(error)
+    except ValidationError as error:
+        return _answer(from_validation_error(error))
+    except StoreUnavailable as error:
+        log.warning("store_unavailable", error=str(error))
+        return _answer(Unavailable("the database is unavailable; retry shortly"))
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return _answer(_as_api_error(error))
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        return web.json_response({"error": "internal error", "detail": "internal error", "code": "internal"}, status=500)

@@ -1,0 +1,106 @@
+"""The OpenAPI document, generated from the same pydantic models that validate requests."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from schemas.inference import InferenceRequest, InferenceResult, NetworkInferenceRequest, TensorsResult
+from schemas.networks import NetworkCreate, NetworkUpdate
+from schemas.specs import SpecCreate, SpecUpdate
+from schemas.versions import VersionCreate
+
+_V = "/v0.7"
+# (method, path, summary, request body model, response model)
+OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None]] = [
+    ("get", f"{_V}/accounts/me/", "The caller's account", None, None),
+    ("get", f"{_V}/networks/", "List networks (yours and public ones)", None, None),
+    ("post", f"{_V}/networks/", "Upload a SavedModel as multipart (files + flattened fields); returns task_id", NetworkCreate, None),
+    ("get", f"{_V}/networks/{{id}}/", "Retrieve a network", None, None),
+    ("patch", f"{_V}/networks/{{id}}/", "Edit name, description, metadata", NetworkUpdate, None),
+    ("put", f"{_V}/networks/{{id}}/", "Edit name, description, metadata", NetworkUpdate, None),
+    ("delete", f"{_V}/networks/{{id}}/", "Delete a network and its versions", None, None),
+    ("post", f"{_V}/networks/{{id}}/inference", "Raw tensors for one image; returns task_id", NetworkInferenceRequest, TensorsResult),
+    ("get", f"{_V}/recognition/specs/", "List your specs", None, None),
+    ("post", f"{_V}/recognition/specs/", "Create a spec", SpecCreate, None),
+    ("get", f"{_V}/recognition/specs/{{id}}/", "Retrieve a spec", None, None),
+    ("patch", f"{_V}/recognition/specs/{{id}}/", "Edit a spec (current_version_id)", SpecUpdate, None),
+    ("delete", f"{_V}/recognition/specs/{{id}}/", "Delete a spec and its versions", None, None),
+    ("get", f"{_V}/recognition/specs/{{id}}/versions", "Versions of a spec", None, None),
+    ("post", f"{_V}/recognition/specs/{{id}}/inference", "Infer with the current version", InferenceRequest, InferenceResult),
+    ("get", f"{_V}/recognition/public/", "List public (demo) specs", None, None),
+    ("get", f"{_V}/recognition/public/{{id}}/", "Retrieve a public spec", None, None),
+    ("post", f"{_V}/recognition/public/{{id}}/inference", "Infer with a public spec", InferenceRequest, InferenceResult),
+    ("get", f"{_V}/recognition/versions/", "List versions", None, None),
+    ("post", f"{_V}/recognition/versions/", "Create a version (first one becomes current)", VersionCreate, None),
+    ("get", f"{_V}/recognition/versions/{{id}}/", "Retrieve a version", None, None),
+    ("delete", f"{_V}/recognition/versions/{{id}}/", "Delete a version", None, None),
+    ("post", f"{_V}/recognition/versions/{{id}}/inference", "Infer with a version", InferenceRequest, InferenceResult),
+    ("get", f"{_V}/tasks/{{id}}/", "A task: pending, success (data) or error", None, None),
+    ("get", f"{_V}/tasks/", "Several tasks: ?task_ids=1&task_ids=2", None, None),
+]
+
+_ERROR = {
+    "description": "Error: `error` and `detail` give the reason, `field` the field at fault",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    models = {model for _, _, _, request, response in OPERATIONS for model in (request, response) if model}
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in sorted(models, key=lambda m: m.__name__)],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas: dict[str, Any] = dict(definitions.get("$defs", {}))
+    schemas["Error"] = {
+        "type": "object",
+        "properties": {
+            "error": {"type": "string"},
+            "detail": {"type": "string"},
+            "field": {"type": ["string", "null"]},
+            "code": {"type": "string"},
+        },
+        "required": ["error"],
+    }
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, request, response in OPERATIONS:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "security": [{"ApiKey": []}],
+            "responses": {"200": {"description": "OK"}, "4XX": _ERROR},
+        }
+        if "{id}" in path:
+            operation["parameters"] = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+        if request is not None:
+            media = "multipart/form-data" if request is NetworkCreate else "application/json"
+            operation["requestBody"] = {"required": True, "content": {media: {"schema": _ref(request)}}}
+        if response is not None:
+            operation["description"] = f"The task's `data`, once it succeeds, is a {response.__name__}."
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Percept",
+            "version": "0.1.0",
+            "description": "Self-hosted computer vision; Deepomatic v0.7 compatible under /v0.7.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-KEY"}},
+        },
+    }
+
+
+async def serve_openapi(_request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())

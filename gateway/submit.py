@@ -1,0 +1,53 @@
+"""Accepting work: record a pending task, hand the job to the broker, answer with the task id."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from broker.port import BrokerUnavailable
+from broker.topology import INFERENCE, QueueSpec
+from gateway.context import BROKER, CONFIG, STORE, owner_of
+from gateway.errors import Unavailable
+from gateway.images import job_image
+from gateway.routes.common import ok
+from schemas.documents import TaskDoc, TaskKind, TaskOutcome, TaskStatus
+from schemas.inference import InferenceRequest, NetworkInferenceRequest
+from schemas.messages import InferenceJob, ModelRef
+from store.port import TASKS
+
+
+async def new_task(request: web.Request, *, owner: str, kind: TaskKind) -> TaskDoc:
+    store = request.app[STORE]
+    task = TaskDoc(id=await store.next_id("tasks"), owner=owner, kind=kind)
+    await store.insert(TASKS, task)
+    return task
+
+
+async def publish_job(request: web.Request, queue: QueueSpec, task_id: str, job: BaseModel) -> None:
+    """The task is already recorded; if the broker will not confirm the job, the task ends in error."""
+    try:
+        await request.app[BROKER].publish(queue.name, job.model_dump_json().encode(), message_id=task_id)
+    except BrokerUnavailable as error:
+        outcome = TaskOutcome(task_id=task_id, status=TaskStatus.ERROR, error=f"could not be queued: {error}")
+        await request.app[STORE].finish_tasks([outcome])
+        raise Unavailable("the job queue is unavailable; retry shortly") from error
+
+
+async def submit_inference(request: web.Request, model: ModelRef, inference: InferenceRequest) -> web.Response:
+    image = job_image(
+        inference.inputs[0].image, field="inputs[0].image", max_bytes=request.app[CONFIG].max_inline_image_bytes
+    )
+    owner = owner_of(request)
+    task = await new_task(request, owner=owner, kind=TaskKind.INFERENCE)
+    job = InferenceJob(
+        task_id=task.id,
+        owner=owner,
+        model=model,
+        image=image,
+        show_discarded=inference.show_discarded,
+        max_predictions=inference.max_predictions,
+        output_layers=inference.output_layers if isinstance(inference, NetworkInferenceRequest) else None,
+    )
+    await publish_job(request, INFERENCE, task.id, job)
+    return ok({"task_id": task.id})

@@ -1,0 +1,97 @@
+"""`percept serve | gateway | consumer`: the embedded all-in-one, or one role of the distributed mode."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import structlog
+
+from percept.logs import configure_logging
+from percept.settings import Settings, SettingsError, load_settings
+
+log = structlog.get_logger("percept")
+
+
+async def _serve(settings: Settings, *, http: bool, consume: bool, demo: bool) -> None:
+    from percept.compose import bootstrap_key, connections, make_gateway, run_http, wait_for_signal
+
+    async with connections(settings) as (store, broker):
+        await bootstrap_key(settings, store, create_dev_key=http and consume)
+        service = None
+        if consume:
+            from consumers.service import ConsumerService
+            from percept.compose import consumer_config
+
+            service = ConsumerService(store, broker, consumer_config(settings))
+            await service.start()
+        runner = await run_http(make_gateway(settings, store, broker), settings.host, settings.port) if http else None
+        demo_task = None
+        if demo:
+            from percept.demo import register_demo_models
+
+            demo_task = asyncio.create_task(register_demo_models(store, broker, settings.data_dir))
+        try:
+            await wait_for_signal()
+        finally:
+            log.info("shutting_down")
+            if demo_task is not None:
+                demo_task.cancel()
+            if runner is not None:
+                await runner.cleanup()
+            if service is not None:
+                await service.stop()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="percept", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("serve", "everything in one process: gateway, consumer, demo models (embedded default)"),
+        ("gateway", "the HTTP gateway only (needs PERCEPT_BROKER_URL for consumers elsewhere)"),
+        ("consumer", "a consumer only: pulls jobs from PERCEPT_BROKER_URL"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--host", help="listen address (PERCEPT_HOST)")
+        command.add_argument("--port", type=int, help="listen port (PERCEPT_PORT)")
+        command.add_argument("--data-dir", type=Path, help="data folder (PERCEPT_DATA_DIR)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = _parser().parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in (("host", arguments.host), ("port", arguments.port), ("data_dir", arguments.data_dir))
+        if value is not None
+    }
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as error:
+        print(f"percept: bad settings: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if arguments.command != "serve" and not settings.broker_url:
+        print(
+            f"percept: PERCEPT_BROKER_URL is required for `percept {arguments.command}` "
+            "(the in-process broker only works inside `percept serve`)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    configure_logging(settings.log_format, settings.log_level)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    roles = {
+        "serve": {"http": True, "consume": True, "demo": settings.demo_models},
+        "gateway": {"http": True, "consume": False, "demo": False},
+        "consumer": {"http": False, "consume": True, "demo": False},
+    }[arguments.command]
+    try:
+        asyncio.run(_serve(settings, **roles))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

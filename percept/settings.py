@@ -1,0 +1,75 @@
+"""The one settings object, read once from the environment (`PERCEPT_` prefix)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LogFormat(str, Enum):
+    AUTO = "auto"  # JSON unless stderr is a terminal
+    JSON = "json"  # one JSON object per line
+    CONSOLE = "console"  # coloured key=value lines for people
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PERCEPT_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(default=Path("data"), description="SQLite store, model files, model cache")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    broker_url: str = Field(default="", description="empty: in-process broker; else amqp://...")
+    store_url: str = Field(default="", description="empty: SQLite in the data dir; sqlite:///path; mongodb://...")
+    max_batch_size: int = Field(default=8, ge=1, le=1024)
+    max_batch_delay_ms: float = Field(default=5.0, ge=0, le=60_000)
+    prefetch: int = Field(default=32, ge=1, le=10_000, description="unacknowledged jobs per consumer")
+    bootstrap_api_key: str = Field(default="", description="an API key that exists after start")
+    public_url: str = Field(default="", description="base URL for links; default: from the request")
+    max_request_mb: float = Field(default=64.0, gt=0, description="largest request body (network uploads)")
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    fetch_max_mb: float = Field(default=20.0, gt=0)
+    outbound_allow: str = Field(default="", description="comma-separated CIDRs or host names allowed for URLs")
+    model_cache_size: int = Field(default=8, ge=1, description="loaded models kept per consumer process")
+    demo_models: bool = Field(default=True, description="register the demo models on `serve`")
+    log_format: LogFormat = LogFormat.AUTO
+    log_level: str = "info"
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be empty (in-process broker) or an amqp:// or amqps:// URL")
+        return value
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite://", "mongodb://", "mongodb+srv://")):
+            raise ValueError("must be empty (SQLite in the data dir), sqlite:///path or mongodb://...")
+        return value
+
+    @field_validator("bootstrap_api_key")
+    @classmethod
+    def _key_length(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+
+class SettingsError(Exception):
+    """Bad settings, worded with the environment variable names."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            field = ".".join(str(part) for part in problem["loc"])
+            lines.append(f"PERCEPT_{field.upper()}: {problem['msg']}")
+        raise SettingsError("; ".join(lines)) from None

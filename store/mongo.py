@@ -1,0 +1,210 @@
+"""The MongoDB adapter, over PyMongo's async API: the distributed deployment's store.
+
+A document is its JSON body with `id` stored as `_id`, plus `seq` (insertion order, from a counter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
+
+from schemas.documents import TaskOutcome, TaskStatus
+from store.codec import JsonScalar, apply_changes, check_page, check_where, finished_fields
+from store.mongo_files import FileStore, files_for
+from store.port import (
+    ALL_COLLECTIONS,
+    TASKS,
+    Collection,
+    D,
+    DuplicateId,
+    Page,
+    Store,
+    StoreUnavailable,
+    Where,
+)
+
+DEFAULT_DATABASE = "percept"
+_COUNTERS = "counters"  # next_id's counters
+_SEQUENCES = "sequences"  # one insertion counter per collection, apart so no next_id name can collide
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    # ConnectionFailure covers AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError and a lost primary.
+    try:
+        yield
+    except ConnectionFailure as error:
+        raise StoreUnavailable(f"mongodb: {error}") from error
+
+
+def _stored(field: str) -> str:
+    return "_id" if field == "id" else field
+
+
+def _matching(owners: Sequence[str], where: Mapping[str, JsonScalar]) -> dict[str, Any]:
+    # `$and` keeps the owner scope even when `where` also names `owner`.
+    return {"$and": [{"owner": {"$in": list(owners)}}, *({_stored(f): v} for f, v in where.items())]}
+
+
+def _loaded(collection: Collection[D], stored: Mapping[str, Any]) -> D:
+    body = {field: value for field, value in stored.items() if field not in ("_id", "seq")}
+    return collection.model.model_validate({**body, "id": stored["_id"]})
+
+
+class MongoStore(Store):
+    def __init__(
+        self,
+        db: AsyncDatabase[Any],
+        *,
+        files: FileStore | None = None,
+        client: AsyncMongoClient[Any] | None = None,
+    ) -> None:
+        """`client`, when given, is closed by `close()`; `files` defaults to `files_for(db)`."""
+        self._db = db
+        self._files = files or files_for(db)
+        self._client = client
+
+    @classmethod
+    async def connect(cls, url: str) -> MongoStore:
+        """The database named in `url`, or `percept`; the client connects lazily, on first use."""
+        client: AsyncMongoClient[Any] = AsyncMongoClient(url)
+        store = cls(client.get_default_database(DEFAULT_DATABASE), client=client)
+        try:
+            await store.ensure_indexes()
+        except BaseException:
+            await client.close()
+            raise
+        return store
+
+    async def ensure_indexes(self) -> None:
+        """Idempotent; every list is scoped by owner and ordered by insertion."""
+        with _reachable():
+            for collection in ALL_COLLECTIONS:
+                await self._db[collection.name].create_index([("owner", ASCENDING), ("seq", ASCENDING)])
+
+    async def next_id(self, counter: str) -> str:
+        return str(await self._increment(_COUNTERS, counter))
+
+    async def insert(self, collection: Collection[D], doc: D) -> None:
+        stored = doc.model_dump(mode="json", exclude={"id"})
+        with _reachable():
+            seq = await self._increment(_SEQUENCES, collection.name)
+            try:
+                await self._db[collection.name].insert_one({"_id": doc.id, "seq": seq, **stored})
+            except DuplicateKeyError as error:
+                raise DuplicateId(f"{collection.name}/{doc.id}") from error
+
+    async def get(self, collection: Collection[D], doc_id: str, *, owners: Sequence[str]) -> D | None:
+        with _reachable():
+            stored = await self._db[collection.name].find_one({"_id": doc_id, "owner": {"$in": list(owners)}})
+        return None if stored is None else _loaded(collection, stored)
+
+    async def get_many(
+        self, collection: Collection[D], ids: Sequence[str], *, owners: Sequence[str]
+    ) -> list[D]:
+        query = {"_id": {"$in": list(ids)}, "owner": {"$in": list(owners)}}
+        with _reachable():
+            found = await self._db[collection.name].find(query).to_list(None)
+        by_id = {stored["_id"]: stored for stored in found}
+        return [_loaded(collection, by_id[i]) for i in ids if i in by_id]
+
+    async def find(
+        self,
+        collection: Collection[D],
+        *,
+        owners: Sequence[str],
+        where: Where | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Page[D]:
+        check_page(offset, limit)
+        query = _matching(owners, check_where(collection, where))
+        documents = self._db[collection.name]
+        with _reachable():
+            count = await documents.count_documents(query)
+            # A cursor limit of 0 means "no limit" to MongoDB, so an empty page is not asked for at all.
+            found = (
+                await documents.find(query).sort("seq", ASCENDING).skip(offset).limit(limit).to_list(None)
+                if limit
+                else []
+            )
+        return Page(count=count, items=[_loaded(collection, stored) for stored in found])
+
+    async def update(
+        self, collection: Collection[D], doc_id: str, *, owner: str, changes: Mapping[str, Any]
+    ) -> D | None:
+        documents = self._db[collection.name]
+        query = {"_id": doc_id, "owner": owner}
+        with _reachable():
+            stored = await documents.find_one(query)
+            if stored is None:
+                return None
+            updated = apply_changes(collection, _loaded(collection, stored), changes)
+            if not changes:
+                return updated  # MongoDB refuses an empty $set
+            # Only the changed fields are set, so concurrent updates of other fields are not undone.
+            stored = await documents.find_one_and_update(
+                query,
+                {"$set": updated.model_dump(mode="json", include=set(changes))},
+                return_document=ReturnDocument.AFTER,
+            )
+        return None if stored is None else _loaded(collection, stored)
+
+    async def delete(self, collection: Collection[D], doc_id: str, *, owner: str) -> bool:
+        with _reachable():
+            result = await self._db[collection.name].delete_one({"_id": doc_id, "owner": owner})
+        return result.deleted_count > 0
+
+    async def delete_where(self, collection: Collection[D], *, owner: str, where: Where) -> int:
+        query = _matching([owner], check_where(collection, where))
+        with _reachable():
+            result = await self._db[collection.name].delete_many(query)
+        return result.deleted_count
+
+    async def finish_tasks(self, outcomes: Sequence[TaskOutcome]) -> int:
+        pending = TaskStatus.PENDING.value
+        # The status condition makes each write conditional: a task never leaves a terminal state.
+        requests = [
+            UpdateOne({"_id": outcome.task_id, "status": pending}, {"$set": finished_fields(outcome)})
+            for outcome in outcomes
+        ]
+        if not requests:
+            return 0  # MongoDB refuses an empty bulk write
+        with _reachable():
+            # Ordered, so that of two outcomes for one task the first wins, as in the SQLite adapter.
+            result = await self._db[TASKS.name].bulk_write(requests, ordered=True)
+        return result.modified_count
+
+    async def put_file(self, key: str, data: bytes) -> None:
+        with _reachable():
+            await self._files.put(key, data)
+
+    async def get_file(self, key: str) -> bytes:
+        with _reachable():
+            return await self._files.get(key)
+
+    async def delete_files(self, prefix: str) -> int:
+        with _reachable():
+            return await self._files.delete(prefix)
+
+    async def ping(self) -> None:
+        with _reachable():
+            await self._db.command("ping")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+    async def _increment(self, counters: str, name: str) -> int:
+        # An upsert on `_id`: MongoDB (4.2+) retries the duplicate-key race of two first uses itself.
+        with _reachable():
+            counter = await self._db[counters].find_one_and_update(
+                {"_id": name}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+            )
+        assert counter is not None  # an upsert returning the document AFTER always finds one
+        return int(counter["value"])

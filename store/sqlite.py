@@ -1,0 +1,278 @@
+"""The SQLite adapter: the embedded default, and one machine's gateway and consumers sharing one file.
+
+Each collection is a table of JSON bodies in insertion order. Processes coordinate through SQLite's own
+locks (WAL: readers never wait for the writer; writers queue for up to `BUSY_TIMEOUT_MS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from schemas.documents import TaskOutcome
+from store.codec import apply_changes, check_page, check_where, finished_fields
+from store.disk_files import DiskFiles
+from store.port import (
+    ALL_COLLECTIONS,
+    TASKS,
+    Collection,
+    D,
+    DuplicateId,
+    Page,
+    Store,
+    StoreUnavailable,
+    Where,
+)
+
+# Writes are short; a writer still waiting after this long means the file is stuck, not busy.
+BUSY_TIMEOUT_MS = 5000
+
+# Primary result codes meaning "the database cannot serve now" rather than "this statement is wrong".
+_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+_TABLES = frozenset(collection.name for collection in ALL_COLLECTIONS)
+
+# `seq` (AUTOINCREMENT, never reused) gives insertion order in the same statement that inserts the row;
+# `id` is UNIQUE instead of the primary key, which SQLite enforces just the same.
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    *(
+        statement
+        for name in sorted(_TABLES)
+        for statement in (
+            f"CREATE TABLE IF NOT EXISTS {name} (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " id TEXT NOT NULL UNIQUE, owner TEXT NOT NULL, body TEXT NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {name}_owner ON {name} (owner, seq)",
+        )
+    ),
+]
+
+_FINISH_TASK = f"""
+    UPDATE {TASKS.name}
+    SET body = json_set(body, '$.status', ?, '$.data', json(?), '$.error', ?, '$.date_updated', ?)
+    WHERE id = ? AND json_extract(body, '$.status') = 'pending'
+"""
+
+
+@contextlib.contextmanager
+def _available() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode & 0xFF in _UNAVAILABLE_CODES:
+            raise StoreUnavailable(f"sqlite: {error}") from error
+        raise
+
+
+def _table(collection: Collection[Any]) -> str:
+    # Table names are interpolated into SQL: only the port's own collections may reach it.
+    if collection.name not in _TABLES:
+        raise ValueError(f"unknown collection {collection.name!r}")
+    return collection.name
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _matching(owners: Sequence[str], where: Mapping[str, object]) -> tuple[str, list[object]]:
+    """A WHERE clause: one of `owners`, and each field equal (`IS`, so None matches JSON null)."""
+    clause = f"owner IN ({_marks(owners)})"
+    params: list[object] = list(owners)
+    for field, value in where.items():
+        clause += " AND json_extract(body, ?) IS ?"
+        params += [f'$."{field}"', value]
+    return clause, params
+
+
+class SqliteStore(Store):
+    def __init__(self, db: aiosqlite.Connection, files: DiskFiles) -> None:
+        self._db = db
+        self._files = files
+        # One connection serves all of this process's coroutines: a transaction must not interleave with
+        # another coroutine's statements.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, files_dir: Path) -> SqliteStore:
+        for folder in (path.parent, files_dir):
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        with _available():
+            db = await aiosqlite.connect(path, isolation_level=None)  # we issue BEGIN ourselves
+        store = cls(db, DiskFiles(files_dir))
+        try:
+            async with store._session():
+                await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                await db.execute("PRAGMA journal_mode = WAL")
+                # Durable at checkpoints, consistent always: the usual WAL trade for many small writes.
+                await db.execute("PRAGMA synchronous = NORMAL")
+            async with store._transaction() as db:
+                for statement in _SCHEMA:
+                    await db.execute(statement)
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def next_id(self, counter: str) -> str:
+        # One statement is one transaction: atomic across processes without an explicit BEGIN.
+        async with self._session() as db:
+            rows = await db.execute_fetchall(
+                "INSERT INTO counters (name, value) VALUES (?, 1)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
+                (counter,),
+            )
+        return str(next(iter(rows))[0])
+
+    async def insert(self, collection: Collection[D], doc: D) -> None:
+        body = json.dumps(doc.model_dump(mode="json"))
+        async with self._session() as db:
+            try:
+                await db.execute(
+                    f"INSERT INTO {_table(collection)} (id, owner, body) VALUES (?, ?, ?)",
+                    (doc.id, doc.owner, body),
+                )
+            except sqlite3.IntegrityError as error:
+                raise DuplicateId(f"{collection.name}/{doc.id}") from error
+
+    async def get(self, collection: Collection[D], doc_id: str, *, owners: Sequence[str]) -> D | None:
+        found = await self.get_many(collection, [doc_id], owners=owners)
+        return found[0] if found else None
+
+    async def get_many(
+        self, collection: Collection[D], ids: Sequence[str], *, owners: Sequence[str]
+    ) -> list[D]:
+        clause, params = _matching(owners, {})
+        async with self._session() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT id, body FROM {_table(collection)} WHERE id IN ({_marks(ids)}) AND {clause}",
+                [*ids, *params],
+            )
+        bodies = {doc_id: body for doc_id, body in rows}
+        return [collection.model.model_validate_json(bodies[i]) for i in ids if i in bodies]
+
+    async def find(
+        self,
+        collection: Collection[D],
+        *,
+        owners: Sequence[str],
+        where: Where | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Page[D]:
+        check_page(offset, limit)
+        clause, params = _matching(owners, check_where(collection, where))
+        table = _table(collection)
+        # A read transaction, so the count and the page come from the same snapshot.
+        async with self._transaction("BEGIN DEFERRED") as db:
+            counted = await db.execute_fetchall(f"SELECT COUNT(*) FROM {table} WHERE {clause}", params)
+            rows = await db.execute_fetchall(
+                f"SELECT body FROM {table} WHERE {clause} ORDER BY seq LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            )
+        items = [collection.model.model_validate_json(body) for (body,) in rows]
+        return Page(count=next(iter(counted))[0], items=items)
+
+    async def update(
+        self, collection: Collection[D], doc_id: str, *, owner: str, changes: Mapping[str, Any]
+    ) -> D | None:
+        table = _table(collection)
+        # IMMEDIATE: the write lock is held from the read on, so no other process updates in between.
+        async with self._transaction() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    f"SELECT body FROM {table} WHERE id = ? AND owner = ?", (doc_id, owner)
+                )
+            )
+            if not rows:
+                return None
+            updated = apply_changes(collection, collection.model.model_validate_json(rows[0][0]), changes)
+            await db.execute(
+                f"UPDATE {table} SET body = ? WHERE id = ?",
+                (json.dumps(updated.model_dump(mode="json")), doc_id),
+            )
+        return updated
+
+    async def delete(self, collection: Collection[D], doc_id: str, *, owner: str) -> bool:
+        return (
+            await self._change(
+                f"DELETE FROM {_table(collection)} WHERE id = ? AND owner = ?", (doc_id, owner)
+            )
+            > 0
+        )
+
+    async def delete_where(self, collection: Collection[D], *, owner: str, where: Where) -> int:
+        clause, params = _matching([owner], check_where(collection, where))
+        return await self._change(f"DELETE FROM {_table(collection)} WHERE {clause}", params)
+
+    async def finish_tasks(self, outcomes: Sequence[TaskOutcome]) -> int:
+        rows = []
+        for outcome in outcomes:
+            fields = finished_fields(outcome)
+            rows.append(
+                (
+                    fields["status"],
+                    json.dumps(fields["data"]),
+                    fields["error"],
+                    fields["date_updated"],
+                    outcome.task_id,
+                )
+            )
+        if not rows:
+            return 0  # not worth taking the write lock for
+        async with self._transaction() as db, db.executemany(_FINISH_TASK, rows) as cursor:
+            return int(cursor.rowcount)  # summed over the rows by executemany
+
+    async def put_file(self, key: str, data: bytes) -> None:
+        await self._files.put(key, data)
+
+    async def get_file(self, key: str) -> bytes:
+        return await self._files.get(key)
+
+    async def delete_files(self, prefix: str) -> int:
+        return await self._files.delete(prefix)
+
+    async def ping(self) -> None:
+        async with self._session() as db:
+            await db.execute_fetchall("SELECT 1")
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _change(self, sql: str, params: Sequence[object]) -> int:
+        async with self._session() as db, db.execute(sql, params) as cursor:
+            return int(cursor.rowcount)
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            with _available():
+                yield self._db
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> AsyncIterator[aiosqlite.Connection]:
+        """IMMEDIATE takes the write lock up front, so a transaction never fails half-way upgrading it."""
+        async with self._session() as db:
+            await db.execute(begin)
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")

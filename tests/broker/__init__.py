@@ -1,0 +1,1 @@
+"""Contract tests of the broker port, against every adapter."""

@@ -1,0 +1,111 @@
+"""Fixtures: a RabbitMQ for the session, and one broker per adapter for the contract suite.
+
+Isolation on RabbitMQ: the topology is fixed, so each test purges every queue it declares (work and
+dead-letter queues) after the broker started. Simpler than a vhost per test, which would need rabbitmqctl
+and so would not work against a broker given by PERCEPT_TEST_AMQP_URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from broker.amqp import AmqpBroker
+from broker.memory import MemoryBroker
+from broker.port import Broker
+from broker.topology import QUEUES, queue_spec
+from tests.rabbitmq import SERVER, RabbitMQ
+
+WAIT = 10.0  # seconds; generous upper bound for anything a test waits on
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ | None]:
+    """The node this session started, or None when PERCEPT_TEST_AMQP_URL names a broker we do not own.
+
+    Without either, skip on a laptop and fail in CI (env CI set): integration tests must not vanish there.
+    """
+    if os.environ.get("PERCEPT_TEST_AMQP_URL"):
+        yield None
+        return
+    if not SERVER.exists():
+        reason = f"no RabbitMQ: set PERCEPT_TEST_AMQP_URL or install rabbitmq-server ({SERVER})"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    node = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbitmq: RabbitMQ | None) -> str:
+    return rabbitmq.url if rabbitmq is not None else os.environ["PERCEPT_TEST_AMQP_URL"]
+
+
+async def purge_queues(url: str) -> None:
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        for spec in QUEUES:
+            for name in (spec.name, spec.dead_letter_queue):
+                queue = await channel.get_queue(name, ensure=False)
+                await queue.purge()
+
+
+@dataclass
+class Adapter:
+    """A started broker, plus how to wait for its dead-lettering, which RabbitMQ does asynchronously."""
+
+    broker: Broker
+    url: str | None = None  # the RabbitMQ behind it, if any
+
+    async def dead_letters(self, queue: str, count: int) -> list[bytes]:
+        """The queue's dead letters once there are at least `count` of them."""
+        if self.url is not None:
+            await _await_messages(self.url, queue_spec(queue).dead_letter_queue, count)
+        return await self.broker.dead_letters(queue)
+
+
+async def _await_messages(url: str, queue_name: str, count: int) -> None:
+    """Consume without acking until `count` messages arrived; closing the channel gives them back."""
+    arrived: list[AbstractIncomingMessage] = []
+    enough = asyncio.Event()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        arrived.append(message)
+        if len(arrived) >= count:
+            enough.set()
+
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(queue_name, ensure=False)
+        await queue.consume(on_message, no_ack=False)
+        await asyncio.wait_for(enough.wait(), WAIT)
+
+
+@pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
+async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[Adapter]:
+    if request.param == "memory":
+        adapter = Adapter(MemoryBroker())
+    else:
+        url: str = request.getfixturevalue("rabbitmq_url")
+        adapter = Adapter(AmqpBroker(url), url)
+    await adapter.broker.start()
+    if adapter.url is not None:
+        await purge_queues(adapter.url)
+    yield adapter
+    await adapter.broker.close()
+
+
+@pytest.fixture
+def broker(adapter: Adapter) -> Broker:
+    return adapter.broker

@@ -1,0 +1,91 @@
+"""What only the RabbitMQ adapter has to prove: recovery from a lost connection, and failing fast."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+from yarl import URL
+
+from broker.amqp import AmqpBroker
+from broker.port import BrokerUnavailable
+from broker.topology import DEAD_LETTER_EXCHANGE, DEPLOYMENT, EXCHANGE, INFERENCE
+from tests.broker.conftest import WAIT, purge_queues
+from tests.broker.proxy import TcpProxy
+from tests.broker.test_contract import Inbox
+from tests.rabbitmq import free_port
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture
+async def proxy(rabbitmq_url: str) -> AsyncIterator[TcpProxy]:
+    url = URL(rabbitmq_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5672)
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+def via(proxy: TcpProxy, rabbitmq_url: str) -> str:
+    return str(URL(rabbitmq_url).with_host("127.0.0.1").with_port(proxy.port))
+
+
+async def delete_topology(url: str) -> None:
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        await channel.queue_delete(DEPLOYMENT.name)
+        await channel.queue_delete(DEPLOYMENT.dead_letter_queue)
+        await channel.exchange_delete(EXCHANGE)
+        await channel.exchange_delete(DEAD_LETTER_EXCHANGE)
+
+
+async def test_topology_is_declared_again_after_the_connection_drops(
+    rabbitmq_url: str, proxy: TcpProxy
+) -> None:
+    broker = AmqpBroker(via(proxy, rabbitmq_url))
+    await broker.start()
+    await purge_queues(rabbitmq_url)
+    inbox = Inbox()
+    subscription = await broker.consume(INFERENCE.name, inbox, prefetch=1)
+
+    # As after a broker reset: the exchanges, one work queue and its dead-letter queue are gone.
+    await delete_topology(rabbitmq_url)
+    proxy.drop()
+    await asyncio.wait_for(proxy.wait_accepted(2), WAIT)
+
+    await broker.publish(DEPLOYMENT.name, b"{}", message_id="m1")
+    assert await broker.queue_depth(DEPLOYMENT.name) == 1
+    assert await broker.dead_letters(DEPLOYMENT.name) == []
+    # The subscription made before the drop was restored with its channel.
+    await broker.publish(INFERENCE.name, b"{}", message_id="m2")
+    assert (await inbox.next()).message_id == "m2"
+
+    await subscription.cancel()
+    await broker.close()
+
+
+async def test_publish_fails_fast_when_the_broker_goes_away(rabbitmq_url: str, proxy: TcpProxy) -> None:
+    broker = AmqpBroker(via(proxy, rabbitmq_url), publish_timeout=1.0)
+    await broker.start()
+    await proxy.close()  # cuts the connection and refuses new ones
+
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        await broker.publish(INFERENCE.name, b"{}", message_id="m1")
+    assert time.monotonic() - started < 3
+    await broker.close()
+
+
+async def test_start_and_publish_fail_fast_without_a_broker() -> None:
+    broker = AmqpBroker(f"amqp://guest:guest@127.0.0.1:{free_port()}/", publish_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as raised:
+        await broker.start()
+    assert raised.value.__cause__ is not None
+    with pytest.raises(BrokerUnavailable):
+        await broker.publish(INFERENCE.name, b"{}", message_id="m1")
+    assert time.monotonic() - started < 3

@@ -1,0 +1,164 @@
+"""One contract for every broker adapter: the in-process broker and RabbitMQ behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from broker.port import Broker, BrokerError, Delivery
+from broker.topology import DEPLOYMENT, INFERENCE
+from tests.broker.conftest import WAIT, Adapter
+
+QUEUE = INFERENCE.name
+
+
+class Inbox:
+    """A handler that records deliveries, and tracks how many are unacknowledged at once."""
+
+    def __init__(self) -> None:
+        self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
+        self.unsettled = 0
+        self.most_unsettled = 0
+
+    async def __call__(self, delivery: Delivery) -> None:
+        self.unsettled += 1
+        self.most_unsettled = max(self.most_unsettled, self.unsettled)
+        await self._deliveries.put(delivery)
+
+    async def next(self) -> Delivery:
+        return await asyncio.wait_for(self._deliveries.get(), WAIT)
+
+    async def ack(self, delivery: Delivery) -> None:
+        self.unsettled -= 1
+        await delivery.ack()
+
+
+async def test_publish_consume_ack(broker: Broker) -> None:
+    inbox = Inbox()
+    await broker.publish(QUEUE, b'{"n": 1}', message_id="m1")
+    subscription = await broker.consume(QUEUE, inbox, prefetch=1)
+
+    delivery = await inbox.next()
+    assert (delivery.body, delivery.message_id, delivery.delivery_count) == (b'{"n": 1}', "m1", 1)
+    await inbox.ack(delivery)
+    await subscription.cancel()
+
+    # Acked means gone: a new subscription gets the next message, not m1 again.
+    await broker.publish(QUEUE, b'{"n": 2}', message_id="m2")
+    subscription = await broker.consume(QUEUE, inbox, prefetch=1)
+    assert (await inbox.next()).message_id == "m2"
+    await subscription.cancel()
+
+
+async def test_prefetch_bounds_unacknowledged_deliveries(broker: Broker) -> None:
+    inbox = Inbox()
+    for n in range(10):
+        await broker.publish(QUEUE, str(n).encode(), message_id=f"m{n}")
+    subscription = await broker.consume(QUEUE, inbox, prefetch=3)
+
+    first = [await inbox.next() for _ in range(3)]
+    # The broker holds the other 7 back until something is acked.
+    assert await broker.queue_depth(QUEUE) == 7
+    bodies = []
+    for delivery in first:
+        bodies.append(delivery.body)
+        await inbox.ack(delivery)
+    for _ in range(7):
+        delivery = await inbox.next()
+        bodies.append(delivery.body)
+        await inbox.ack(delivery)
+    await subscription.cancel()
+
+    assert inbox.most_unsettled == 3
+    assert sorted(bodies) == sorted(str(n).encode() for n in range(10))
+
+
+async def test_reject_with_requeue_redelivers_and_counts(broker: Broker) -> None:
+    inbox = Inbox()
+    await broker.publish(QUEUE, b"again", message_id="m1")
+    subscription = await broker.consume(QUEUE, inbox, prefetch=1)
+
+    await (await inbox.next()).reject(requeue=True)
+    redelivered = await inbox.next()
+    assert (redelivered.body, redelivered.delivery_count) == (b"again", 2)
+    await redelivered.ack()
+    await subscription.cancel()
+
+
+async def test_dead_letters_after_the_delivery_limit(adapter: Adapter) -> None:
+    broker, queue = adapter.broker, DEPLOYMENT.name
+    inbox = Inbox()
+    await broker.publish(queue, b"poison", message_id="m1")
+    subscription = await broker.consume(queue, inbox, prefetch=1)
+
+    for attempt in range(1, DEPLOYMENT.delivery_limit + 1):
+        delivery = await inbox.next()
+        assert delivery.delivery_count == attempt
+        await delivery.reject(requeue=True)
+
+    assert await adapter.dead_letters(queue, 1) == [b"poison"]
+    assert await broker.queue_depth(queue) == 0
+    await subscription.cancel()
+
+
+async def test_reject_without_requeue_dead_letters(adapter: Adapter) -> None:
+    broker = adapter.broker
+    inbox = Inbox()
+    await broker.publish(QUEUE, b"bad", message_id="m1")
+    subscription = await broker.consume(QUEUE, inbox, prefetch=1)
+
+    await (await inbox.next()).reject(requeue=False)
+
+    assert await adapter.dead_letters(QUEUE, 1) == [b"bad"]
+    # Reading dead letters does not consume them.
+    assert await broker.dead_letters(QUEUE) == [b"bad"]
+    await subscription.cancel()
+
+
+async def test_cancel_returns_unacknowledged_deliveries(broker: Broker) -> None:
+    first, second = Inbox(), Inbox()
+    for n in range(2):
+        await broker.publish(QUEUE, str(n).encode(), message_id=f"m{n}")
+    subscription = await broker.consume(QUEUE, first, prefetch=2)
+    held = [await first.next() for _ in range(2)]
+    await subscription.cancel()
+
+    subscription = await broker.consume(QUEUE, second, prefetch=2)
+    returned = [await second.next() for _ in range(2)]
+    assert sorted(d.body for d in returned) == sorted(d.body for d in held)
+    # A return counts as a delivery, as in a quorum queue: a consumer that keeps dying ends in dead letters.
+    assert [d.delivery_count for d in returned] == [2, 2]
+    for delivery in returned:
+        await delivery.ack()
+    await subscription.cancel()
+
+    with pytest.raises(BrokerError):
+        await held[0].ack()
+
+
+async def test_queue_depth_counts_ready_messages(broker: Broker) -> None:
+    assert await broker.queue_depth(QUEUE) == 0
+    for n in range(3):
+        await broker.publish(QUEUE, b"{}", message_id=f"m{n}")
+    assert await broker.queue_depth(QUEUE) == 3
+    assert await broker.queue_depth(DEPLOYMENT.name) == 0
+
+
+async def test_headers_round_trip(broker: Broker) -> None:
+    inbox = Inbox()
+    headers = {"schema": "1", "task-id": "6f1c"}
+    await broker.publish(QUEUE, b"{}", message_id="m1", headers=headers)
+    subscription = await broker.consume(QUEUE, inbox, prefetch=1)
+
+    delivery = await inbox.next()
+    assert (dict(delivery.headers), delivery.message_id) == (headers, "m1")
+    await delivery.ack()
+    await subscription.cancel()
+
+
+async def test_unknown_queue_is_an_error(broker: Broker) -> None:
+    with pytest.raises(BrokerError, match="unknown queue"):
+        await broker.publish("percept.nope", b"{}", message_id="m1")
+    with pytest.raises(BrokerError, match="unknown queue"):
+        await broker.queue_depth("percept.nope")

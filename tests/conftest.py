@@ -1,0 +1,112 @@
+"""Shared fixtures: small models, and an in-process Percept (SQLite store, in-process broker, consumer)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import FormData
+from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
+
+from broker.memory import MemoryBroker
+from consumers.config import ConsumerConfig
+from consumers.service import ConsumerService
+from gateway.app import create_app
+from gateway.auth import ensure_api_key
+from gateway.context import GatewayConfig
+from store.factory import open_store
+from store.port import Store
+from tests.models import build_box_detector, build_brightness_classifier, network_parts
+
+API_KEY = "test-key-0123456789abcdef"
+OTHER_KEY = "other-key-0123456789abcdef"
+
+
+def png(color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "brightness": build_brightness_classifier(root / "brightness"),
+        "boxes": build_box_detector(root / "boxes"),
+    }
+
+
+@dataclass
+class Stack:
+    client: TestClient[Any, Any]
+    store: Store
+    broker: MemoryBroker
+
+    def headers(self, key: str = API_KEY) -> dict[str, str]:
+        return {"X-API-KEY": key}
+
+    async def wait_task(self, task_id: str, *, key: str = API_KEY, timeout: float = 60.0) -> dict[str, Any]:
+        """Poll like the official client does, bounded."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            response = await self.client.get(f"/v0.7/tasks/{task_id}/", headers=self.headers(key))
+            assert response.status == 200, await response.text()
+            task: dict[str, Any] = await response.json()
+            if task["status"] != "pending":
+                return task
+            assert asyncio.get_running_loop().time() < deadline, f"task {task_id} still pending"
+            await asyncio.sleep(0.02)
+
+    async def upload_network(
+        self, folder: Path, *, target_size: str, name: str = "net", extra: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        form = FormData()
+        fields = {
+            "name": name,
+            "framework": "tensorflow-1.x",
+            "preprocessing.inputs[0]tensor_name": "image",
+            "preprocessing.inputs[0]image.dimension_order": "NHWC",
+            "preprocessing.inputs[0]image.target_size": target_size,
+            "preprocessing.inputs[0]image.resize_type": "SQUASH",
+            "preprocessing.inputs[0]image.color_channels": "RGB",
+            "preprocessing.inputs[0]image.pixel_scaling": "1.0",
+            "preprocessing.inputs[0]image.data_type": "FLOAT32",
+            "preprocessing.batched_output": "True",
+            **(extra or {}),
+        }
+        for key, value in fields.items():
+            form.add_field(key, value)
+        for part, data in network_parts(folder).items():
+            form.add_field(part, data, filename=part)
+        response = await self.client.post("/v0.7/networks/", data=form, headers=self.headers())
+        assert response.status == 201, await response.text()
+        network: dict[str, Any] = await response.json()
+        return network
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    store = await open_store("", tmp_path)
+    broker = MemoryBroker()
+    await broker.start()
+    config = ConsumerConfig(cache_dir=tmp_path / "cache", max_batch_delay_s=0.002, outbound_allow=("127.0.0.1/32",))
+    service = ConsumerService(store, broker, config)
+    await service.start()
+    client = TestClient(TestServer(create_app(GatewayConfig(), store=store, broker=broker)))
+    await client.start_server()
+    await ensure_api_key(store, API_KEY)
+    await ensure_api_key(store, OTHER_KEY)
+    try:
+        yield Stack(client=client, store=store, broker=broker)
+    finally:
+        await client.close()
+        await service.stop(grace_s=5)
+        await broker.close()
+        await store.close()

@@ -1,0 +1,86 @@
+"""The README walk-through against a real `percept serve`: demo models answer on their sample images."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+
+from engine.zoo import DEMO_MODELS
+from tests.e2e.conftest import Service, start_service, stop_service
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait_demo_ready(service: Service, key: str, timeout: float = 300.0) -> float:
+    """Seconds until the demo spec answers an inference (build + deployment on first start)."""
+    started = time.monotonic()
+    demo = next(d for d in DEMO_MODELS if d.key == key)
+    body = {"inputs": [{"image": {"source": base64.b64encode(demo.sample_image()).decode()}}]}
+    while True:
+        response = service.post(f"/v0.7/recognition/public/{key}/inference", json=body)
+        if response.status_code == 200:
+            return time.monotonic() - started
+        assert response.status_code in (400, 404), response.text
+        assert time.monotonic() - started < timeout, service.log()
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("demo", DEMO_MODELS, ids=[d.key for d in DEMO_MODELS])
+def test_demo_models_answer_on_their_samples(served: Service, demo: object) -> None:
+    from engine.zoo import DemoModel
+
+    assert isinstance(demo, DemoModel)
+    _wait_demo_ready(served, demo.key)
+    spec = served.get(f"/v0.7/recognition/public/{demo.key}/").json()
+    assert spec["id"] == demo.key and spec["current_version_id"]
+    source = "data:image/png;base64," + base64.b64encode(demo.sample_image()).decode()
+    response = served.post(f"/v0.7/recognition/public/{demo.key}/inference", json={"inputs": [{"image": {"source": source}}]})
+    assert response.status_code == 200, response.text
+    task = served.wait_task(response.json()["task_id"])
+    assert task["status"] == "success", task
+    predicted = task["data"]["outputs"][0]["labels"]["predicted"]
+    assert predicted and predicted[0]["label_name"] == demo.sample_label
+
+
+def test_public_listing_and_health(served: Service) -> None:
+    import requests
+
+    assert requests.get(served.url + "/healthz", timeout=5).json() == {"status": "ok"}
+    assert requests.get(served.url + "/readyz", timeout=5).status_code == 200
+    listing = served.get("/v0.7/recognition/public/").json()
+    assert {item["id"] for item in listing["results"]} >= {d.key for d in DEMO_MODELS}
+    assert requests.get(served.url + "/openapi.json", timeout=5).json()["openapi"].startswith("3.")
+
+
+def test_restart_keeps_data_and_stops_cleanly(tmp_path_factory: pytest.TempPathFactory) -> None:
+    data_dir = tmp_path_factory.mktemp("restart") / "data"
+    service = start_service(data_dir, env={"PERCEPT_DEMO_MODELS": "false"})
+    try:
+        response = service.post(
+            "/v0.7/recognition/specs/",
+            json={"name": "kept", "outputs": [{"labels": {"labels": [{"id": 1, "name": "a"}]}}]},
+        )
+        assert response.status_code == 201, response.text
+        spec_id = response.json()["id"]
+    finally:
+        assert stop_service(service) == 0
+    again = start_service(data_dir, env={"PERCEPT_DEMO_MODELS": "false"})
+    try:
+        assert again.get(f"/v0.7/recognition/specs/{spec_id}/").json()["name"] == "kept"
+    finally:
+        assert stop_service(again) == 0
+
+
+def test_bad_settings_fail_at_start_naming_the_variable(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PERCEPT_MAX_BATCH_SIZE": "zero", "PERCEPT_DATA_DIR": str(tmp_path_factory.mktemp("bad"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "percept.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "PERCEPT_MAX_BATCH_SIZE" in result.stderr

@@ -1,0 +1,124 @@
+"""The one-machine distributed mode: `percept gateway` + two `percept consumer` processes, a real RabbitMQ,
+and a shared SQLite store."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import png
+from tests.e2e.conftest import free_port
+from tests.models import network_parts
+
+pytestmark = pytest.mark.rabbitmq
+KEY = "dist-key-0123456789abcdef"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, rabbitmq_url: str) -> Iterator[tuple[str, list[subprocess.Popen[bytes]], Path]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PERCEPT_BROKER_URL": rabbitmq_url,
+        "PERCEPT_STORE_URL": f"sqlite:///{tmp_path / 'percept.sqlite3'}",
+        "PERCEPT_DATA_DIR": str(tmp_path / "data"),
+        "PERCEPT_BOOTSTRAP_API_KEY": KEY,
+        "PERCEPT_PORT": str(port),
+        "PERCEPT_LOG_FORMAT": "json",
+    }
+    processes = []
+    for index, role in enumerate(["gateway", "consumer", "consumer"]):
+        log = (tmp_path / f"{role}-{index}.log").open("wb")
+        processes.append(
+            subprocess.Popen([sys.executable, "-m", "percept.cli", role], env=env, stdout=log, stderr=subprocess.STDOUT)
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), _logs(tmp_path)
+        time.sleep(0.2)
+    try:
+        yield url, processes, tmp_path
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _logs(folder: Path) -> str:
+    return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in sorted(folder.glob("*.log")))
+
+
+def _wait(url: str, task_id: str) -> dict[str, object]:
+    deadline = time.monotonic() + 120
+    while True:
+        task: dict[str, object] = requests.get(f"{url}/v0.7/tasks/{task_id}/", headers={"X-API-KEY": KEY}, timeout=10).json()
+        if task["status"] != "pending":
+            return task
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_gateway_and_two_consumers_share_the_work(
+    cluster: tuple[str, list[subprocess.Popen[bytes]], Path], tiny_models: dict[str, Path]
+) -> None:
+    url, processes, folder = cluster
+    headers = {"X-API-KEY": KEY}
+    fields = {
+        "name": "brightness",
+        "framework": "tensorflow-1.x",
+        "preprocessing.inputs[0]tensor_name": "image",
+        "preprocessing.inputs[0]image.target_size": "16x16",
+        "preprocessing.inputs[0]image.pixel_scaling": "1.0",
+    }
+    files = {name: (name, data) for name, data in network_parts(tiny_models["brightness"]).items()}
+    network = requests.post(f"{url}/v0.7/networks/", data=fields, files=files, headers=headers, timeout=30).json()
+    assert _wait(url, network["task_id"])["status"] == "success", _logs(folder)
+    spec = requests.post(
+        f"{url}/v0.7/recognition/specs/",
+        json={"name": "b", "outputs": [{"labels": {"labels": [{"id": 0, "name": "dark"}, {"id": 1, "name": "bright"}]}}]},
+        headers=headers,
+        timeout=10,
+    ).json()
+    post = [{"classification": {"output_tensor": "probabilities", "thresholds": [0.5, 0.5]}}]
+    version = requests.post(
+        f"{url}/v0.7/recognition/versions/",
+        json={"spec_id": spec["id"], "network_id": network["id"], "post_processings": post},
+        headers=headers,
+        timeout=10,
+    ).json()
+    images = {"bright": png((255, 255, 255)), "dark": png((0, 0, 0))}
+    submitted = []
+    for index in range(60):
+        expected = "bright" if index % 2 else "dark"
+        body = {"inputs": [{"image": {"source": base64.b64encode(images[expected]).decode()}}]}
+        response = requests.post(f"{url}/v0.7/recognition/versions/{version['id']}/inference", json=body, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        submitted.append((response.json()["task_id"], expected))
+    for task_id, expected in submitted:
+        task = _wait(url, task_id)
+        assert task["status"] == "success", task
+        outputs = task["data"]["outputs"]  # type: ignore[index]
+        assert outputs[0]["labels"]["predicted"][0]["label_name"] == expected
+    worked = [p for p in folder.glob("consumer-*.log") if "batch_ran" in p.read_text(errors="replace")]
+    assert len(worked) == 2, _logs(folder)
+    for process in processes:
+        process.terminate()
+    assert [process.wait(timeout=60) for process in processes] == [0, 0, 0], _logs(folder)

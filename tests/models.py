@@ -1,0 +1,48 @@
+"""Small deterministic SavedModels for plumbing tests: their answers follow from the input, so tests can
+predict them exactly. (The demo models in engine/zoo are the real, trained ones.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+
+class _Brightness(tf.Module):  # type: ignore[misc]
+    """Two labels, "dark" and "bright", scored from the mean pixel value of an RGB image in [0, 1]."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 16, 16, 3], tf.float32, name="image")])
+    def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        mean = tf.reduce_mean(image, axis=[1, 2, 3])
+        logits = tf.stack([(0.5 - mean) * 20.0, (mean - 0.5) * 20.0], axis=1)
+        return {"probabilities": tf.nn.softmax(logits), "mean": tf.reshape(mean, [-1, 1])}
+
+
+class _Boxes(tf.Module):  # type: ignore[misc]
+    """Three candidate boxes for one label; two overlap heavily, so NMS keeps two. Scores scale with brightness."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32, name="image")])
+    def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        batch = tf.shape(image)[0]
+        mean = tf.reduce_mean(image, axis=[1, 2, 3])
+        boxes = tf.constant([[0.1, 0.1, 0.5, 0.5], [0.12, 0.12, 0.5, 0.5], [0.6, 0.6, 0.9, 0.9]], tf.float32)
+        weights = tf.constant([1.0, 0.9, 0.8], tf.float32)
+        scores = tf.reshape(mean, [-1, 1, 1]) * tf.reshape(weights, [1, 3, 1])
+        return {"boxes": tf.tile(boxes[tf.newaxis], [batch, 1, 1]), "scores": scores}
+
+
+def build_brightness_classifier(path: Path) -> Path:
+    module = _Brightness()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def build_box_detector(path: Path) -> Path:
+    module = _Boxes()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def network_parts(folder: Path) -> dict[str, bytes]:
+    """Multipart parts as the official client names them: basenames (`variables.index`, ...)."""
+    return {path.name: path.read_bytes() for path in folder.rglob("*") if path.is_file()}

@@ -1,0 +1,220 @@
+"""The store contract: every adapter runs this suite through a subclass that provides the `store` fixture."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.documents import PUBLIC_OWNER, ApiKeyDoc, TaskDoc, TaskKind, TaskOutcome, TaskStatus
+from store.port import API_KEYS, TASKS, DuplicateId, FileMissing, Store, StoreError
+
+ALICE = "alice"
+BOB = "bob"
+
+
+def task(doc_id: str, owner: str = ALICE, kind: TaskKind = TaskKind.INFERENCE) -> TaskDoc:
+    return TaskDoc(id=doc_id, owner=owner, kind=kind)
+
+
+def api_key(doc_id: str, owner: str = ALICE, name: str = "") -> ApiKeyDoc:
+    return ApiKeyDoc(id=doc_id, owner=owner, tenant=owner, name=name)
+
+
+def outcome(task_id: str, status: TaskStatus = TaskStatus.SUCCESS, **fields: object) -> TaskOutcome:
+    return TaskOutcome.model_validate({"task_id": task_id, "status": status, **fields})
+
+
+class StoreContract:
+    """Subclasses define an async `store` fixture yielding a fresh, empty store."""
+
+    # documents
+
+    async def test_insert_then_get_returns_an_equal_document(self, store: Store) -> None:
+        doc = api_key("k1", name="laptop")
+        await store.insert(API_KEYS, doc)
+        assert await store.get(API_KEYS, "k1", owners=[ALICE]) == doc
+        assert await store.get(API_KEYS, "nope", owners=[ALICE]) is None
+
+    async def test_insert_of_an_existing_id_raises_duplicate_id(self, store: Store) -> None:
+        await store.insert(TASKS, task("1"))
+        with pytest.raises(DuplicateId):
+            await store.insert(TASKS, task("1", owner=BOB))
+        assert (await store.get(TASKS, "1", owners=[ALICE])) is not None
+
+    async def test_a_document_is_invisible_to_other_owners(self, store: Store) -> None:
+        await store.insert(TASKS, task("1", owner=BOB))
+        await store.insert(TASKS, task("2", owner=PUBLIC_OWNER))
+        assert await store.get(TASKS, "1", owners=[ALICE]) is None
+        assert await store.get(TASKS, "2", owners=[ALICE]) is None
+        assert (await store.get(TASKS, "2", owners=[ALICE, PUBLIC_OWNER])) is not None
+        page = await store.find(TASKS, owners=[ALICE, PUBLIC_OWNER])
+        assert [doc.id for doc in page.items] == ["2"]
+
+    async def test_get_many_keeps_the_order_asked_and_skips_missing_or_foreign(self, store: Store) -> None:
+        for doc_id in ("1", "2", "3"):
+            await store.insert(TASKS, task(doc_id))
+        await store.insert(TASKS, task("4", owner=BOB))
+        found = await store.get_many(TASKS, ["3", "missing", "1", "4", "2"], owners=[ALICE])
+        assert [doc.id for doc in found] == ["3", "1", "2"]
+        assert await store.get_many(TASKS, [], owners=[ALICE]) == []
+
+    async def test_find_pages_in_insertion_order_and_counts_all_matches(self, store: Store) -> None:
+        ids = ["9", "10", "2", "30", "1"]  # insertion order differs from id order, string or numeric
+        for doc_id in ids:
+            await store.insert(TASKS, task(doc_id))
+        page = await store.find(TASKS, owners=[ALICE], offset=1, limit=2)
+        assert (page.count, [doc.id for doc in page.items]) == (5, ["10", "2"])
+        assert [doc.id for doc in (await store.find(TASKS, owners=[ALICE])).items] == ids
+        assert (await store.find(TASKS, owners=[ALICE], offset=4, limit=10)).items[0].id == "1"
+        empty = await store.find(TASKS, owners=[ALICE], offset=5)
+        assert (empty.count, empty.items) == (5, [])
+        assert (await store.find(TASKS, owners=[ALICE], limit=0)).items == []
+
+    async def test_find_where_matches_fields_by_equality(self, store: Store) -> None:
+        await store.insert(TASKS, task("1"))
+        await store.insert(TASKS, task("2", kind=TaskKind.DEPLOYMENT))
+        await store.insert(TASKS, task("3", owner=BOB, kind=TaskKind.DEPLOYMENT))
+        await store.finish_tasks([outcome("1", TaskStatus.ERROR, error="boom")])
+
+        async def ids(**where: str | None) -> list[str]:
+            page = await store.find(TASKS, owners=[ALICE], where=where)
+            assert page.count == len(page.items)
+            return [doc.id for doc in page.items]
+
+        assert await ids(kind="deployment") == ["2"]
+        assert await ids(kind=TaskKind.INFERENCE, status="error") == ["1"]
+        assert await ids(error=None) == ["2"]
+        assert await ids(id="2") == ["2"]
+        assert await ids(kind="training") == []
+
+    async def test_find_where_refuses_unknown_fields(self, store: Store) -> None:
+        with pytest.raises(ValueError, match="statsu"):
+            await store.find(TASKS, owners=[ALICE], where={"statsu": "pending"})
+
+    async def test_update_sets_fields_and_returns_the_new_document(self, store: Store) -> None:
+        await store.insert(API_KEYS, api_key("k1", name="old"))
+        updated = await store.update(API_KEYS, "k1", owner=ALICE, changes={"name": "new"})
+        assert updated is not None
+        assert updated.name == "new"
+        assert await store.get(API_KEYS, "k1", owners=[ALICE]) == updated
+
+    async def test_update_validates_through_the_model(self, store: Store) -> None:
+        await store.insert(TASKS, task("1"))
+        with pytest.raises(ValidationError):
+            await store.update(TASKS, "1", owner=ALICE, changes={"status": "bogus"})
+        with pytest.raises(ValueError, match="cannot be changed"):
+            await store.update(TASKS, "1", owner=ALICE, changes={"owner": BOB})
+        with pytest.raises(ValueError, match="no field"):
+            await store.update(TASKS, "1", owner=ALICE, changes={"colour": "red"})
+        stored = await store.get(TASKS, "1", owners=[ALICE])
+        assert stored is not None
+        assert stored.status is TaskStatus.PENDING
+
+    async def test_update_of_a_foreign_or_missing_document_is_none(self, store: Store) -> None:
+        await store.insert(API_KEYS, api_key("k1", owner=BOB, name="bob's"))
+        assert await store.update(API_KEYS, "k1", owner=ALICE, changes={"name": "stolen"}) is None
+        assert await store.update(API_KEYS, "nope", owner=ALICE, changes={"name": "x"}) is None
+        stored = await store.get(API_KEYS, "k1", owners=[BOB])
+        assert stored is not None
+        assert stored.name == "bob's"
+
+    async def test_delete_removes_only_the_owners_document(self, store: Store) -> None:
+        await store.insert(TASKS, task("1"))
+        assert await store.delete(TASKS, "1", owner=BOB) is False
+        assert await store.delete(TASKS, "1", owner=ALICE) is True
+        assert await store.delete(TASKS, "1", owner=ALICE) is False
+        assert await store.get(TASKS, "1", owners=[ALICE]) is None
+
+    async def test_delete_where_counts_and_stays_in_the_owners_documents(self, store: Store) -> None:
+        await store.insert(TASKS, task("1"))
+        await store.insert(TASKS, task("2", kind=TaskKind.DEPLOYMENT))
+        await store.insert(TASKS, task("3"))
+        await store.insert(TASKS, task("4", owner=BOB))
+        assert await store.delete_where(TASKS, owner=ALICE, where={"kind": "inference"}) == 2
+        assert [doc.id for doc in (await store.find(TASKS, owners=[ALICE, BOB])).items] == ["2", "4"]
+
+    # counters
+
+    async def test_next_id_increases_per_counter(self, store: Store) -> None:
+        first = [int(await store.next_id("tasks")) for _ in range(3)]
+        assert first == sorted(set(first))
+        assert int(await store.next_id("networks")) == 1
+        assert int(await store.next_id("tasks")) > first[-1]
+
+    async def test_next_id_is_unique_under_concurrency(self, store: Store) -> None:
+        ids = await asyncio.gather(*(store.next_id("tasks") for _ in range(50)))
+        assert sorted(map(int, ids)) == list(range(1, 51))
+
+    # task completion
+
+    async def test_finish_tasks_moves_pending_tasks_once(self, store: Store) -> None:
+        for doc_id in ("1", "2", "3"):
+            await store.insert(TASKS, task(doc_id))
+        moved = await store.finish_tasks(
+            [
+                outcome("1", data={"outputs": [1]}),
+                outcome("2", TaskStatus.ERROR, error="bad image"),
+                outcome("unknown"),
+                outcome("1", TaskStatus.ERROR, error="second outcome of the same batch"),
+            ]
+        )
+        assert moved == 2
+        again = await store.finish_tasks([outcome("1", TaskStatus.ERROR, error="redelivered"), outcome("3")])
+        assert again == 1
+
+        done = {doc.id: doc for doc in await store.get_many(TASKS, ["1", "2", "3"], owners=[ALICE])}
+        assert (done["1"].status, done["1"].data, done["1"].error) == (
+            TaskStatus.SUCCESS,
+            {"outputs": [1]},
+            None,
+        )
+        assert (done["2"].status, done["2"].data, done["2"].error) == (TaskStatus.ERROR, None, "bad image")
+        assert done["3"].status is TaskStatus.SUCCESS
+        assert done["1"].date_updated >= done["1"].date_created
+        assert await store.finish_tasks([]) == 0
+
+    async def test_finish_tasks_refuses_a_pending_outcome(self, store: Store) -> None:
+        with pytest.raises(ValueError, match="terminal"):
+            await store.finish_tasks([outcome("1", TaskStatus.PENDING)])
+
+    # files
+
+    async def test_files_round_trip_and_overwrite(self, store: Store) -> None:
+        key = "networks/12/variables/variables.index"
+        await store.put_file(key, b"first")
+        await store.put_file(key, b"second")
+        assert await store.get_file(key) == b"second"
+        await store.put_file("empty", b"")
+        assert await store.get_file("empty") == b""
+
+    async def test_a_missing_file_raises_file_missing(self, store: Store) -> None:
+        with pytest.raises(FileMissing):
+            await store.get_file("networks/1/saved_model.pb")
+
+    async def test_delete_files_removes_everything_under_the_prefix(self, store: Store) -> None:
+        for key in ("networks/1/saved_model.pb", "networks/1/variables/v.data", "networks/12/saved_model.pb"):
+            await store.put_file(key, key.encode())
+        assert await store.delete_files("networks/1/") == 2
+        assert await store.delete_files("networks/1/") == 0
+        with pytest.raises(FileMissing):
+            await store.get_file("networks/1/variables/v.data")
+        assert await store.get_file("networks/12/saved_model.pb") == b"networks/12/saved_model.pb"
+
+    @pytest.mark.parametrize(
+        "key", ["../escape", "networks/../../etc/passwd", "/etc/passwd", "a//b", "", "a/./b"]
+    )
+    async def test_unsafe_file_keys_are_refused(self, store: Store, key: str) -> None:
+        with pytest.raises(StoreError):
+            await store.put_file(key, b"x")
+        with pytest.raises(StoreError):
+            await store.get_file(key)
+
+    @pytest.mark.parametrize("prefix", ["", "../", "/networks/"])
+    async def test_unsafe_prefixes_are_refused(self, store: Store, prefix: str) -> None:
+        with pytest.raises(StoreError):
+            await store.delete_files(prefix)
+
+    async def test_ping_answers(self, store: Store) -> None:
+        await store.ping()

@@ -1,0 +1,89 @@
+"""The contract on SQLite, plus what only a shared file can show: several processes on one database."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import store.sqlite
+from store.port import TASKS, StoreUnavailable
+from store.sqlite import SqliteStore
+from tests.store.contract import ALICE, StoreContract, task
+
+
+class TestSqliteContract(StoreContract):
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[SqliteStore]:
+        opened = await SqliteStore.open(tmp_path / "percept.sqlite3", tmp_path / "files")
+        yield opened
+        await opened.close()
+
+
+async def test_two_stores_on_one_file_share_documents_and_counters(tmp_path: Path) -> None:
+    first = await SqliteStore.open(tmp_path / "db.sqlite3", tmp_path / "files")
+    second = await SqliteStore.open(tmp_path / "db.sqlite3", tmp_path / "files")
+    try:
+        await first.insert(TASKS, task("1"))
+        assert await second.get(TASKS, "1", owners=[ALICE]) == await first.get(TASKS, "1", owners=[ALICE])
+        assert await second.finish_tasks([]) == 0
+        ids = await asyncio.gather(*(s.next_id("tasks") for _ in range(25) for s in (first, second)))
+        assert sorted(map(int, ids)) == list(range(1, 51))
+        await second.put_file("networks/1/saved_model.pb", b"model")
+        assert await first.get_file("networks/1/saved_model.pb") == b"model"
+    finally:
+        await first.close()
+        await second.close()
+
+
+def _allocate(path: Path, count: int) -> list[int]:
+    async def allocate() -> list[int]:
+        opened = await SqliteStore.open(path, path.parent / "files")
+        try:
+            return [int(await opened.next_id("tasks")) for _ in range(count)]
+        finally:
+            await opened.close()
+
+    return asyncio.run(allocate())
+
+
+def test_next_id_is_unique_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    # spawn, not fork: the parent holds event-loop and aiosqlite threads that a fork would copy half-way.
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        runs = pool.starmap(_allocate, [(path, 30)] * 3)
+    assert all(run == sorted(run) for run in runs)
+    assert sorted(n for run in runs for n in run) == list(range(1, 91))
+
+
+async def test_a_database_locked_too_long_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store.sqlite, "BUSY_TIMEOUT_MS", 50)
+    opened = await SqliteStore.open(tmp_path / "db.sqlite3", tmp_path / "files")
+    holder = sqlite3.connect(tmp_path / "db.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process, mid-transaction
+        with pytest.raises(StoreUnavailable):
+            await opened.next_id("tasks")
+        holder.execute("ROLLBACK")
+        assert await opened.next_id("tasks") == "1"
+    finally:
+        holder.close()
+        await opened.close()
+
+
+async def test_files_are_written_atomically_under_the_files_folder(tmp_path: Path) -> None:
+    opened = await SqliteStore.open(tmp_path / "db.sqlite3", tmp_path / "files")
+    try:
+        await opened.put_file("networks/1/saved_model.pb", b"model")
+        stored = sorted(p.relative_to(tmp_path / "files").as_posix() for p in (tmp_path / "files").rglob("*"))
+        assert stored == ["networks", "networks/1", "networks/1/saved_model.pb"]  # no temporary file left
+        assert await opened.delete_files("networks/") == 1
+        assert list((tmp_path / "files").iterdir()) == []  # emptied folders go too
+    finally:
+        await opened.close()

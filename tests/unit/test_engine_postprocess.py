@@ -1,0 +1,264 @@
+"""recognize and raw_tensors: thresholds, ordering, caps, NMS per label, boxes mapped to the original."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.errors import ModelError
+from engine.postprocess import raw_tensors, recognize
+from engine.preprocess import ImageMeta, preprocess
+from schemas.inference import InferenceResult, Prediction
+from schemas.networks import ImagePreprocessing
+from schemas.specs import SpecOutput
+from schemas.versions import PostProcessing
+
+LABELS = [{"id": 10, "name": "cat"}, {"id": 20, "name": "dog"}, {"id": 30, "name": "bird"}]
+
+
+def output(roi: str = "NONE") -> SpecOutput:
+    return SpecOutput.model_validate({"labels": {"roi": roi, "labels": LABELS}})
+
+
+def classification(thresholds: list[float]) -> PostProcessing:
+    return PostProcessing.model_validate(
+        {"classification": {"output_tensor": "probs", "thresholds": thresholds}}
+    )
+
+
+def detection(thresholds: list[float], nms_threshold: float = 0.5) -> PostProcessing:
+    return PostProcessing.model_validate(
+        {
+            "detection": {
+                "thresholds": thresholds,
+                "nms_threshold": nms_threshold,
+                "direct_output": {"boxes_tensor": "boxes", "scores_tensor": "scores"},
+            }
+        }
+    )
+
+
+def meta_for(
+    height: int = 20, width: int = 20, resize_type: str = "SQUASH", size: str = "20x20"
+) -> ImageMeta:
+    image_spec = ImagePreprocessing.model_validate({"resize_type": resize_type, "target_size": size})
+    return preprocess(np.zeros((height, width, 3), np.uint8), image_spec)[1]
+
+
+def classify(scores: object, *, show_discarded: bool = False, max_predictions: int = 100) -> InferenceResult:
+    return recognize(
+        {"probs": np.asarray(scores, dtype=np.float32)},
+        meta_for(),
+        [output()],
+        [classification([0.5, 0.25, 0.5])],
+        show_discarded=show_discarded,
+        max_predictions=max_predictions,
+    )
+
+
+def test_classification_thresholds_and_order() -> None:
+    result = classify([0.5, 0.3, 0.2], show_discarded=True)
+    labels = result.outputs[0].labels
+    assert [(p.label_id, p.label_name) for p in labels.predicted] == [(10, "cat"), (20, "dog")]
+    assert [p.label_id for p in labels.discarded] == [30]
+    assert all(p.roi is None for p in labels.predicted + labels.discarded)
+    assert [p.threshold for p in labels.predicted] == [0.5, 0.25]
+    assert labels.predicted[0].score == 0.5  # equal to the threshold counts as present
+
+
+def test_classification_discarded_only_on_request_and_capped() -> None:
+    assert classify([0.1, 0.1, 0.1]).outputs[0].labels.discarded == []
+    capped = classify([0.9, 0.8, 0.7], max_predictions=2, show_discarded=True).outputs[0].labels
+    assert [p.label_id for p in capped.predicted] == [10, 20]
+    low = classify([0.1, 0.2, 0.3], max_predictions=2, show_discarded=True).outputs[0].labels
+    assert [p.label_id for p in low.discarded] == [30, 20]
+
+
+def test_scores_and_thresholds_are_json_floats() -> None:
+    result = classify([[1, 0, 0]], show_discarded=True)  # a [1, K] tensor is fine
+    dumped = json.loads(result.model_dump_json())
+    prediction = dumped["outputs"][0]["labels"]["predicted"][0]
+    assert isinstance(prediction["score"], float)
+    assert isinstance(prediction["threshold"], float)
+    assert isinstance(prediction["label_id"], int)
+    assert type(result.outputs[0].labels.predicted[0].score) is float
+
+
+@pytest.mark.parametrize(
+    ("tensors", "reason"),
+    [
+        ({"probs": np.zeros(4)}, "4 scores for 3 labels"),
+        ({"probs": np.array([0.1, np.nan, 0.2])}, "not finite"),
+        ({"other": np.zeros(3)}, "'probs' is missing"),
+    ],
+)
+def test_classification_model_errors(tensors: dict[str, np.ndarray], reason: str) -> None:
+    with pytest.raises(ModelError, match=reason):
+        recognize(
+            tensors,
+            meta_for(),
+            [output()],
+            [classification([0.5] * 3)],
+            show_discarded=False,
+            max_predictions=5,
+        )
+
+
+def test_mismatched_configuration_is_a_model_error() -> None:
+    with pytest.raises(ModelError, match="2 thresholds for 3 labels"):
+        recognize(
+            {"probs": np.zeros(3)},
+            meta_for(),
+            [output()],
+            [classification([0.5] * 2)],
+            show_discarded=False,
+            max_predictions=5,
+        )
+    with pytest.raises(ModelError, match="2 post-processings for 1 spec outputs"):
+        recognize(
+            {"probs": np.zeros(3)},
+            meta_for(),
+            [output()],
+            [classification([0.5] * 3)] * 2,
+            show_discarded=False,
+            max_predictions=5,
+        )
+
+
+BOXES = np.array(
+    [
+        [0.10, 0.10, 0.50, 0.50],  # A
+        [0.12, 0.10, 0.52, 0.50],  # A', overlaps A (IoU ~0.9)
+        [0.60, 0.60, 0.90, 0.90],  # B
+        [0.30, 0.30, 0.30, 0.80],  # zero width: not an object
+    ],
+    dtype=np.float32,
+)
+SCORES = np.array(
+    [
+        [0.90, 0.05, 0.60],
+        [0.80, 0.00, 0.70],
+        [0.10, 0.95, 0.00],
+        [0.99, 0.99, 0.99],
+    ],
+    dtype=np.float32,
+)
+
+
+def detect(
+    *, show_discarded: bool = False, max_predictions: int = 100, meta: ImageMeta | None = None
+) -> InferenceResult:
+    return recognize(
+        {"boxes": BOXES, "scores": SCORES},
+        meta or meta_for(),
+        [output("BBOX")],
+        [detection([0.5, 0.5, 0.5])],
+        show_discarded=show_discarded,
+        max_predictions=max_predictions,
+    )
+
+
+def box_of(prediction: Prediction) -> tuple[float, float, float, float]:
+    assert prediction.roi is not None
+    bbox = prediction.roi.bbox
+    return bbox.xmin, bbox.ymin, bbox.xmax, bbox.ymax
+
+
+def named_scores(predictions: list[Prediction]) -> list[tuple[str, float]]:
+    return [(p.label_name, round(p.score, 6)) for p in predictions]
+
+
+def test_detection_nms_is_per_label() -> None:
+    predicted = detect().outputs[0].labels.predicted
+    # cat: A wins over A'; dog: B; bird: A' wins over A. Sorted by score.
+    assert named_scores(predicted) == [("dog", 0.95), ("cat", 0.9), ("bird", 0.7)]
+    assert box_of(predicted[0]) == pytest.approx((0.6, 0.6, 0.9, 0.9))
+    assert box_of(predicted[2]) == pytest.approx((0.12, 0.1, 0.52, 0.5))
+    assert [p.roi.region_id for p in predicted if p.roi] == [1, 2, 3]
+
+
+def test_detection_discarded_are_nms_survivors_under_threshold() -> None:
+    labels = detect(show_discarded=True, max_predictions=3).outputs[0].labels
+    assert len(labels.predicted) == 3
+    # Under threshold: cat B (0.1), dog A (0.05); A' for dog (0.0) is suppressed by A; bird B (0.0) stays.
+    assert named_scores(labels.discarded) == [("cat", 0.1), ("dog", 0.05), ("bird", 0.0)]
+    region_ids = [p.roi.region_id for p in labels.predicted + labels.discarded if p.roi]
+    assert region_ids == [1, 2, 3, 4, 5, 6]
+
+
+def test_detection_max_predictions_keeps_the_best() -> None:
+    predicted = detect(max_predictions=2).outputs[0].labels.predicted
+    assert [p.label_name for p in predicted] == ["dog", "cat"]
+
+
+def test_detection_boxes_are_mapped_to_the_original_image() -> None:
+    # A 10 x 20 (h x w) image FILLed into 20 x 20 occupies rows 5..15: network y 0.25..0.75.
+    meta = meta_for(height=10, width=20, resize_type="FILL", size="20x20")
+    predicted = detect(meta=meta).outputs[0].labels.predicted
+    dog = next(p for p in predicted if p.label_name == "dog")
+    assert box_of(dog) == pytest.approx((0.6, 0.7, 0.9, 1.0))  # y 0.9 is in the bottom padding: clipped
+    cat = next(p for p in predicted if p.label_name == "cat")
+    assert box_of(cat) == pytest.approx((0.1, 0.0, 0.5, 0.5))
+
+
+def test_region_ids_are_unique_across_outputs() -> None:
+    result = recognize(
+        {"boxes": BOXES, "scores": SCORES, "probs": np.array([0.9, 0.9, 0.9])},
+        meta_for(),
+        [output("BBOX"), output(), output("BBOX")],
+        [detection([0.5] * 3), classification([0.5] * 3), detection([0.5] * 3)],
+        show_discarded=False,
+        max_predictions=10,
+    )
+    ids = [p.roi.region_id for out in result.outputs for p in out.labels.predicted if p.roi]
+    assert ids == list(range(1, 7))
+
+
+@pytest.mark.parametrize(
+    ("boxes", "scores", "reason"),
+    [
+        (np.zeros((4, 3)), SCORES, r"needs \[N, 4\]"),
+        (BOXES, np.zeros((4, 2)), r"needs \[4, 3\]"),
+    ],
+)
+def test_detection_shape_errors(boxes: np.ndarray, scores: np.ndarray, reason: str) -> None:
+    with pytest.raises(ModelError, match=reason):
+        recognize(
+            {"boxes": boxes, "scores": scores},
+            meta_for(),
+            [output("BBOX")],
+            [detection([0.5] * 3)],
+            show_discarded=False,
+            max_predictions=5,
+        )
+
+
+def test_detection_with_no_boxes() -> None:
+    result = recognize(
+        {"boxes": np.zeros((0, 4)), "scores": np.zeros((0, 3))},
+        meta_for(),
+        [output("BBOX")],
+        [detection([0.5] * 3)],
+        show_discarded=True,
+        max_predictions=5,
+    )
+    assert result.outputs[0].labels.predicted == []
+    assert result.outputs[0].labels.discarded == []
+
+
+def test_raw_tensors() -> None:
+    result = raw_tensors(
+        {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([True, False]), "c": np.zeros(1)},
+        ["b", "a"],
+    )
+    assert [t.name for t in result.tensors] == ["b", "a"]
+    assert result.tensors[0].data == [1, 0]
+    assert result.tensors[1].shape == [2, 3]
+    assert result.tensors[1].data == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert all(type(value) is float for value in result.tensors[1].data)
+    with pytest.raises(ModelError, match="'z' is missing"):
+        raw_tensors({"a": np.zeros(1)}, ["z"])
+    with pytest.raises(ModelError, match="not numbers"):
+        raw_tensors({"s": np.array([b"x"])}, ["s"])

@@ -1,0 +1,71 @@
+"""Pure pieces of the gateway: DRF-style multipart keys, image sources, validation errors."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.errors import InvalidInput, PayloadTooLarge, from_validation_error
+from gateway.images import job_image, sniff_format
+from gateway.unflatten import unflatten
+from schemas.inference import ImageInput, InferenceRequest
+from tests.conftest import png
+
+
+def test_unflatten_follows_the_official_client() -> None:
+    pairs = [
+        ("inputs[0]image.bbox.xmin", "0.1"),
+        ("inputs[0]image.polygon[0]x", "0.2"),
+        ("inputs[0]image.polygon[1]x", "0.3"),
+        ("show_discarded", "True"),
+    ]
+    assert unflatten(pairs) == {
+        "inputs": [{"image": {"bbox": {"xmin": "0.1"}, "polygon": [{"x": "0.2"}, {"x": "0.3"}]}}],
+        "show_discarded": "True",
+    }
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [[("a[1]", "x")], [("a", "x"), ("a.b", "y")], [("a", "1"), ("a", "2")], [("[0]a", "x")], [("a..b", "x")]],
+)
+def test_unflatten_rejects_ambiguous_keys(pairs: list[tuple[str, str]]) -> None:
+    with pytest.raises(InvalidInput):
+        unflatten(pairs)
+
+
+@given(st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), st.text(max_size=5), max_size=5))
+def test_unflatten_keeps_flat_fields(fields: dict[str, str]) -> None:
+    assert unflatten(list(fields.items())) == fields
+
+
+def test_sources_become_bytes_or_urls_without_decoding() -> None:
+    image = png((1, 2, 3))
+    encoded = base64.b64encode(image).decode()
+    assert job_image(ImageInput(source=encoded), field="f", max_bytes=10**6).data == image
+    uri = "data:image/png;base64," + encoded
+    assert job_image(ImageInput(source=uri), field="f", max_bytes=10**6).data == image
+    assert job_image(ImageInput(source=image), field="f", max_bytes=10**6).data == image
+    assert job_image(ImageInput(source=" http://x/y.jpg"), field="f", max_bytes=10**6).url == "http://x/y.jpg"
+    with pytest.raises(PayloadTooLarge):
+        job_image(ImageInput(source=image), field="f", max_bytes=10)
+    with pytest.raises(InvalidInput, match="supported image"):
+        job_image(ImageInput(source=b"GIF00 nope"), field="f", max_bytes=10**6)
+
+
+def test_sniffing_knows_the_supported_formats() -> None:
+    assert sniff_format(png((0, 0, 0))) == "png"
+    assert sniff_format(b"\xff\xd8\xff\xe0rest") == "jpeg"
+    assert sniff_format(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "webp"
+    assert sniff_format(b"%PDF-1.4") is None
+
+
+def test_validation_errors_name_the_field_in_client_terms() -> None:
+    with pytest.raises(Exception) as caught:
+        InferenceRequest.model_validate({"inputs": [{"image": {"source": "x", "bbox": {"xmin": 2}}}]})
+    error = from_validation_error(caught.value)  # type: ignore[arg-type]
+    assert error.field == "inputs[0].image.bbox.xmin"
+    assert error.status == 400
