@@ -9,6 +9,8 @@ consumer channel would first meet a missing queue) and their exceptions are logg
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -24,6 +26,8 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from broker.port import Broker, BrokerError, BrokerUnavailable, Delivery, Handler, Subscription
 from broker.topology import DEAD_LETTER_EXCHANGE, EXCHANGE, QUEUES, QueueSpec, queue_spec
+
+log = logging.getLogger(__name__)
 
 # aio-pika's own list of what a lost connection or channel raises, plus our deadline.
 FAILURES = (*CONNECTION_EXCEPTIONS, TimeoutError)
@@ -80,19 +84,22 @@ class AmqpDelivery(Delivery):
 
 
 class AmqpSubscription(Subscription):
-    def __init__(self, channel: AbstractRobustChannel, queue: AbstractQueue, consumer_tag: str) -> None:
+    def __init__(
+        self, channel: AbstractRobustChannel, queue: AbstractQueue, consumer_tag: str, timeout: float
+    ) -> None:
         self._channel = channel
         self._queue = queue
         self._consumer_tag = consumer_tag
+        self._timeout = timeout
 
     async def cancel(self) -> None:
         if self._channel.is_closed:
             return
-        try:
-            await self._queue.cancel(self._consumer_tag)
-        finally:
-            # basic.cancel keeps unacked deliveries on the channel; closing it hands them back to the queue.
-            await self._channel.close()
+        # While the connection is down this would wait for it; the broker has returned the deliveries anyway.
+        with contextlib.suppress(*FAILURES):
+            await self._queue.cancel(self._consumer_tag, timeout=self._timeout)
+        # basic.cancel keeps unacked deliveries on the channel; closing it hands them back to the queue.
+        await self._channel.close()
 
 
 class AmqpBroker(Broker):
@@ -160,7 +167,11 @@ class AmqpBroker(Broker):
         connection, _, _ = self._connected()
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await handler(AmqpDelivery(message))
+            try:
+                await handler(AmqpDelivery(message))
+            except Exception:
+                # The delivery stays unacknowledged until the subscription ends, as in the in-process broker.
+                log.exception("broker_handler_failed queue=%s", queue)
 
         try:
             async with asyncio.timeout(self._timeout):
@@ -173,7 +184,7 @@ class AmqpBroker(Broker):
                 tag = await work.consume(on_message, no_ack=False)
         except FAILURES as exc:
             raise BrokerUnavailable(f"cannot consume from {queue}: {exc!r}") from exc
-        return AmqpSubscription(channel, work, tag)
+        return AmqpSubscription(channel, work, tag, self._timeout)
 
     @asynccontextmanager
     async def _inspection_channel(self) -> AsyncIterator[AbstractRobustChannel]:

@@ -10,6 +10,7 @@ polling. One future per item; a failed run fails its futures; outputs match inpu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -62,7 +63,9 @@ class Batcher(Generic[T, R]):
         pending = self._pending.pop(key)
         if len(pending.items) > self._max_size:
             rest = _Pending[T, R](
-                items=pending.items[self._max_size :], futures=pending.futures[self._max_size :], oldest=pending.oldest
+                items=pending.items[self._max_size :],
+                futures=pending.futures[self._max_size :],
+                oldest=pending.oldest,
             )
             self._pending[key] = rest
             pending.items = pending.items[: self._max_size]
@@ -96,10 +99,8 @@ class Batcher(Generic[T, R]):
                     self._start(self._take(due[0]), due[0])
                     continue
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            except TimeoutError:
-                pass
 
     def _start(self, pending: _Pending[T, R], key: Hashable) -> None:
         task = asyncio.create_task(self._execute(key, pending))

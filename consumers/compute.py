@@ -86,7 +86,9 @@ def run_batch(network: LoadedNetwork, batch: Sequence[PreparedJob]) -> list[dict
                 results[index] = error
             continue
         except Exception as error:  # TensorFlow's own errors: the network cannot run this input
-            failure = ModelError(f"the network failed to run: {str(error).splitlines()[0] if str(error) else error!r}")
+            failure = ModelError(
+                f"the network failed to run: {str(error).splitlines()[0] if str(error) else error!r}"
+            )
             for index in group:
                 results[index] = failure
             continue

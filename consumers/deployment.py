@@ -1,4 +1,4 @@
-"""Deployment jobs: load an uploaded network once, check every tensor its pre-processing names, mark it ready."""
+"""Deployment jobs: load an uploaded network, check the tensors its pre-processing names, mark it ready."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ log = structlog.get_logger("deployment")
 
 
 class DeploymentWorker:
-    def __init__(self, store: Store, models: ModelCache, results: ResultWriter, *, model_executor: Executor) -> None:
+    def __init__(
+        self, store: Store, models: ModelCache, results: ResultWriter, *, model_executor: Executor
+    ) -> None:
         self._store = store
         self._models = models
         self._results = results
@@ -61,7 +63,9 @@ class DeploymentWorker:
             loaded = await self._models.get(network.id, network.files, network.preprocessing)
             validate_network(loaded.model.signature, network.preprocessing, network.postprocessings)
             batch = 1
-            await asyncio.get_running_loop().run_in_executor(self._model_executor, loaded.model.warm_up, batch)
+            await asyncio.get_running_loop().run_in_executor(
+                self._model_executor, loaded.model.warm_up, batch
+            )
         except EngineError as error:
             self._models.forget(network.id)
             await self._fail(job, str(error))
@@ -70,7 +74,11 @@ class DeploymentWorker:
             NETWORKS,
             network.id,
             owner=network.owner,
-            changes={"status": NetworkStatus.READY, "signature": loaded.model.signature, "update_date": utc_now()},
+            changes={
+                "status": NetworkStatus.READY,
+                "signature": loaded.model.signature,
+                "update_date": utc_now(),
+            },
         )
         log.info("network_deployed")
         await self._results.write(self._success(updated or network))
@@ -87,6 +95,9 @@ class DeploymentWorker:
     async def _fail(self, job: DeploymentJob, reason: str) -> None:
         log.warning("network_rejected", reason=reason)
         await self._store.update(
-            NETWORKS, job.network_id, owner=job.owner, changes={"status": NetworkStatus.FAILED, "update_date": utc_now()}
+            NETWORKS,
+            job.network_id,
+            owner=job.owner,
+            changes={"status": NetworkStatus.FAILED, "update_date": utc_now()},
         )
         await self._results.write(TaskOutcome(task_id=job.task_id, status=TaskStatus.ERROR, error=reason))

@@ -7,7 +7,6 @@ from yarl import URL
 
 from consumers.outbound import OutboundPolicy, RefusedAddress, connector_kwargs
 
-
 _MAX_REDIRECTS = 5
 
 

@@ -59,7 +59,9 @@ class InferenceWorker:
             log.warning("job_malformed", error=str(error).splitlines()[0], message_id=delivery.message_id)
             await delivery.reject(requeue=False)
             return
-        with structlog.contextvars.bound_contextvars(task_id=job.task_id, delivery_count=delivery.delivery_count):
+        with structlog.contextvars.bound_contextvars(
+            task_id=job.task_id, delivery_count=delivery.delivery_count
+        ):
             await settle(
                 delivery,
                 lambda: self._process(job, delivery),
@@ -85,7 +87,9 @@ class InferenceWorker:
     async def _outcome(self, job: InferenceJob) -> TaskOutcome:
         try:
             data = job.image.data if job.image.data is not None else await self._fetch(job)
-            network = await self._models.get(job.model.network_id, job.model.network_files, job.model.preprocessing)
+            network = await self._models.get(
+                job.model.network_id, job.model.network_files, job.model.preprocessing
+            )
             loop = asyncio.get_running_loop()
             prepared = await loop.run_in_executor(
                 self._decode_executor,

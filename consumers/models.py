@@ -28,6 +28,25 @@ class LoadedNetwork:
     mean: np.ndarray | None
 
 
+def _write_folder(parent: Path, target: Path, contents: dict[str, bytes]) -> None:
+    """Write into a staging folder, then rename: a half-written model is never loaded."""
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=parent))
+    try:
+        for path, data in contents.items():
+            destination = staging / path
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(data)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not target.exists():
+                raise
+            # Another consumer process on this machine finished first; its copy is identical.
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 class ModelCache:
     """An LRU of loaded networks. Loads run on the model executor, the thread that also runs predictions."""
 
@@ -57,25 +76,12 @@ class ModelCache:
             return loaded
 
     async def _materialise(self, network_id: str, files: list[str]) -> Path:
-        """The SavedModel folder on local disk, copied from the store on first use (atomically)."""
+        """The SavedModel folder on local disk, copied from the store on first use."""
         target = self._cache_dir / network_id
-        if target.exists():
+        if await asyncio.to_thread(target.exists):
             return target
-        self._cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{network_id}-", dir=self._cache_dir))
-        try:
-            for path in files:
-                destination = staging / path
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                destination.write_bytes(await self._store.get_file(network_file_key(network_id, path)))
-            try:
-                staging.rename(target)
-            except OSError:
-                if not target.exists():
-                    raise
-                # Another consumer process on this machine finished first; its copy is identical.
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        contents = {path: await self._store.get_file(network_file_key(network_id, path)) for path in files}
+        await asyncio.to_thread(_write_folder, self._cache_dir, target, contents)
         return target
 
     async def _load(self, network_id: str, files: list[str], preprocessing: Preprocessing) -> LoadedNetwork:
@@ -84,7 +90,9 @@ class ModelCache:
         started = loop.time()
         model = await loop.run_in_executor(self._executor, SavedModel.load, folder)
         mean_file = preprocessing.inputs[0].image.mean_file
-        mean = np.load(io.BytesIO((folder / mean_file).read_bytes()), allow_pickle=False) if mean_file else None
+        mean = (
+            np.load(io.BytesIO((folder / mean_file).read_bytes()), allow_pickle=False) if mean_file else None
+        )
         log.info("model_loaded", network_id=network_id, ms=round((loop.time() - started) * 1000, 1))
         return LoadedNetwork(network_id=network_id, model=model, mean=mean)
 

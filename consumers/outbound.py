@@ -57,7 +57,6 @@ class OutboundPolicy:
             return True
         return is_public(address)
 
-
     def check_literal(self, host: str) -> None:
         """Refuse an IP-literal host the policy does not allow; names are left to the resolver."""
         try:
@@ -73,11 +72,15 @@ class GuardedResolver(AbstractResolver):
         self._policy = policy
         self._resolver = ThreadedResolver()
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self._resolver.resolve(host, port, family)
         allowed = [r for r in results if self._policy.allows(host, ipaddress.ip_address(r["host"]))]
         if not allowed:
-            raise RefusedAddress(f"{host} resolves only to addresses that are not allowed (private or internal)")
+            raise RefusedAddress(
+                f"{host} resolves only to addresses that are not allowed (private or internal)"
+            )
         return allowed
 
     async def close(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import structlog
 
@@ -27,9 +29,13 @@ class ConsumerService:
         self._config = config
         # One model thread: TensorFlow batches are large enough to use the cores; decoding overlaps it.
         self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self._decode_executor = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="decode")
+        self._decode_executor = ThreadPoolExecutor(
+            max_workers=config.decode_threads, thread_name_prefix="decode"
+        )
         self._fetcher = ImageFetcher(
-            OutboundPolicy(config.outbound_allow), timeout_s=config.fetch_timeout_s, max_bytes=config.fetch_max_bytes
+            OutboundPolicy(config.outbound_allow),
+            timeout_s=config.fetch_timeout_s,
+            max_bytes=config.fetch_max_bytes,
         )
         models = ModelCache(store, config.cache_dir, self._model_executor, capacity=config.model_cache_size)
         self._results = ResultWriter(store)
@@ -47,7 +53,7 @@ class ConsumerService:
         self._loops: list[asyncio.Task[None]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    def _dispatch(self, handle: Handler) -> Handler:
+    def _dispatch(self, handle: Callable[[Delivery], Coroutine[Any, Any, None]]) -> Handler:
         """Broker callbacks return at once; the work runs as its own task so deliveries can batch."""
 
         async def on_delivery(delivery: Delivery) -> None:
@@ -68,10 +74,12 @@ class ConsumerService:
             ),
             await self._broker.consume(DEPLOYMENT.name, self._dispatch(self._deployment.handle), prefetch=1),
         ]
-        log.info("consumer_started", prefetch=self._config.prefetch, max_batch_size=self._config.max_batch_size)
+        log.info(
+            "consumer_started", prefetch=self._config.prefetch, max_batch_size=self._config.max_batch_size
+        )
 
     async def stop(self, *, grace_s: float = 30.0) -> None:
-        """Stop taking jobs, let in-flight ones finish (or return them to the queue), then release everything."""
+        """Stop taking jobs, let in-flight ones finish (or go back to the queue), then release everything."""
         for subscription in self._subscriptions:
             await subscription.cancel()
         if self._in_flight:

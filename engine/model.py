@@ -122,7 +122,7 @@ def _graph_names(path: Path, key: str) -> dict[str, dict[str, str]]:
     They are the names users know from the original graph, e.g. `serving_default_image:0` or
     `inception_v3/logits/predictions:0`; the loaded function's own tensors are renamed (`Identity:0`).
     """
-    from google.protobuf import text_format  # type: ignore[import-untyped]
+    from google.protobuf import text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
     model = saved_model_pb2.SavedModel()

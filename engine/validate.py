@@ -1,4 +1,4 @@
-"""Checks that a network's configuration fits its SavedModel signature, and a version's fits both.
+"""Checks that a network's configuration fits its SavedModel signature (versions: schemas.checks).
 
 Works on the stored `Signature` only, so the gateway can run it without TensorFlow.
 """
@@ -15,8 +15,6 @@ from schemas.networks import (
     ResizeType,
 )
 from schemas.signature import Signature, TensorSpec
-from schemas.specs import RoiKind, SpecOutput
-from schemas.versions import PostProcessing
 
 # Positions of (height, width, channels) in a rank-4 input, batch first.
 _AXES = {
@@ -50,45 +48,6 @@ def validate_network(
         for name in _network_output_names(post):
             if signature.resolve_output(name) is None:
                 raise ModelError(_missing_output(signature, name))
-
-
-def check_post_processings(
-    signature: Signature, outputs: list[SpecOutput], post_processings: list[PostProcessing]
-) -> list[str]:
-    """Human-readable reasons why a version's post-processings do not fit; empty when they do."""
-    if len(post_processings) != len(outputs):
-        return [
-            f"the spec has {len(outputs)} output(s), so the version needs exactly that many "
-            f"post_processings, not {len(post_processings)}"
-        ]
-    problems: list[str] = []
-    for index, (output, post) in enumerate(zip(outputs, post_processings, strict=True)):
-        found = _output_problems(signature, output, post)
-        problems += [f"post_processings[{index}]: {text}" for text in found]
-    return problems
-
-
-def _output_problems(signature: Signature, output: SpecOutput, post: PostProcessing) -> list[str]:
-    labels = len(output.labels.labels)
-    problems: list[str] = []
-    if len(post.thresholds) != labels:
-        problems.append(f"{len(post.thresholds)} thresholds for {labels} labels; give one per label")
-    roi = output.labels.roi
-    if roi is RoiKind.NONE and post.classification is None:
-        problems.append("the spec output has roi NONE, which needs a classification post-processing")
-    if roi is RoiKind.BBOX and post.detection is None:
-        problems.append("the spec output has roi BBOX, which needs a detection post-processing")
-    scores_name, boxes_name = _scores_and_boxes(post)
-    for name in post.tensor_names():
-        if signature.resolve_output(name) is None:
-            problems.append(_missing_output(signature, name))
-    scores_dim = _last_dim(signature, scores_name)
-    if scores_dim is not None and scores_dim != labels:
-        problems.append(f"tensor {scores_name!r} has {scores_dim} scores per row for {labels} labels")
-    boxes_dim = _last_dim(signature, boxes_name) if boxes_name else None
-    if boxes_dim is not None and boxes_dim != 4:
-        problems.append(f"boxes tensor {boxes_name!r} has last dimension {boxes_dim}; it needs 4")
-    return problems
 
 
 def _check_input(key: str, spec: TensorSpec, image: ImagePreprocessing) -> None:
@@ -125,21 +84,6 @@ def _network_output_names(post: NetworkPostprocessing) -> list[str]:
         return [post.standard_output.boxes_tensor, post.standard_output.scores_tensor]
     assert post.tensors_output is not None
     return post.tensors_output.tensors
-
-
-def _scores_and_boxes(post: PostProcessing) -> tuple[str, str | None]:
-    if post.classification is not None:
-        return post.classification.output_tensor, None
-    assert post.detection is not None
-    assert post.detection.direct_output is not None
-    return post.detection.direct_output.scores_tensor, post.detection.direct_output.boxes_tensor
-
-
-def _last_dim(signature: Signature, name: str) -> int | None:
-    key = signature.resolve_output(name)
-    if key is None or not signature.outputs[key].shape:
-        return None
-    return signature.outputs[key].shape[-1]
 
 
 def _missing_output(signature: Signature, name: str) -> str:

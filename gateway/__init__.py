@@ -1,1 +1,1 @@
-"""The aiohttp gateway: routes per surface, auth, validation, error mapping, OpenAPI. Never imports TensorFlow."""
+"""The aiohttp gateway: routes, auth, validation, error mapping, OpenAPI. Never imports TensorFlow."""

@@ -7,6 +7,7 @@ import secrets
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from gateway.context import OWNER, STORE
 from gateway.errors import NotAuthenticated
@@ -63,9 +64,9 @@ class KeyCache:
         return doc.tenant
 
 
-def auth_middleware(cache: KeyCache) -> web.Middleware:
+def auth_middleware(cache: KeyCache) -> Middleware:
     @web.middleware
-    async def authenticate(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(_PUBLIC_PREFIXES) or request.path == "/":
             return await handler(request)
         key = request.headers.get("X-API-KEY")

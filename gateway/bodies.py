@@ -21,7 +21,7 @@ class Body:
     text_pairs: list[tuple[str, Any]] = field(default_factory=list)
 
     def with_files(self) -> dict[str, Any]:
-        """Fields with file parts in place, for inference: the image is a file part named `inputs[0]image.source`."""
+        """Fields with file parts in place: inference images come as a part `inputs[0]image.source`."""
         if not self.files:
             return self.fields
         return unflatten([*self.text_pairs, *self.files.items()])

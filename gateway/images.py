@@ -56,7 +56,11 @@ def _inline_bytes(source: str | bytes, field: str) -> bytes | None:
 def job_image(image: ImageInput, *, field: str, max_bytes: int) -> JobImage:
     source_field = f"{field}.source"
     data = _inline_bytes(image.source, source_field)
-    common = {"bbox": image.bbox, "polygon": image.polygon, "crop_uniform_background": image.crop_uniform_background}
+    common = {
+        "bbox": image.bbox,
+        "polygon": image.polygon,
+        "crop_uniform_background": image.crop_uniform_background,
+    }
     if data is None:
         assert isinstance(image.source, str)
         return JobImage(url=image.source.strip(), **common)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from gateway.errors import (
@@ -24,7 +25,9 @@ def _as_api_error(error: web.HTTPException) -> ApiError:
     if isinstance(error, web.HTTPNotFound):
         return NotFound("no such endpoint; the API lives under /v0.7/ (see /openapi.json)", field="path")
     if isinstance(error, web.HTTPMethodNotAllowed):
-        return MethodNotAllowed(f"method {error.method} is not allowed here; allowed: {', '.join(sorted(error.allowed_methods))}")
+        return MethodNotAllowed(
+            f"method {error.method} is not allowed here; allowed: {', '.join(sorted(error.allowed_methods))}"
+        )
     if isinstance(error, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge(error.text or "request body too large", field="body")
     return InvalidInput(error.reason)
@@ -35,7 +38,7 @@ def _answer(error: ApiError) -> web.Response:
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as error:
@@ -51,4 +54,6 @@ async def errors_middleware(request: web.Request, handler: web.Handler) -> web.S
         return _answer(_as_api_error(error))
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
-        return web.json_response({"error": "internal error", "detail": "internal error", "code": "internal"}, status=500)
+        return web.json_response(
+            {"error": "internal error", "detail": "internal error", "code": "internal"}, status=500
+        )

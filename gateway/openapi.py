@@ -19,27 +19,63 @@ _V = "/v0.7"
 OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None]] = [
     ("get", f"{_V}/accounts/me/", "The caller's account", None, None),
     ("get", f"{_V}/networks/", "List networks (yours and public ones)", None, None),
-    ("post", f"{_V}/networks/", "Upload a SavedModel as multipart (files + flattened fields); returns task_id", NetworkCreate, None),
+    (
+        "post",
+        f"{_V}/networks/",
+        "Upload a SavedModel as multipart (files + flattened fields); returns task_id",
+        NetworkCreate,
+        None,
+    ),
     ("get", f"{_V}/networks/{{id}}/", "Retrieve a network", None, None),
     ("patch", f"{_V}/networks/{{id}}/", "Edit name, description, metadata", NetworkUpdate, None),
     ("put", f"{_V}/networks/{{id}}/", "Edit name, description, metadata", NetworkUpdate, None),
     ("delete", f"{_V}/networks/{{id}}/", "Delete a network and its versions", None, None),
-    ("post", f"{_V}/networks/{{id}}/inference", "Raw tensors for one image; returns task_id", NetworkInferenceRequest, TensorsResult),
+    (
+        "post",
+        f"{_V}/networks/{{id}}/inference",
+        "Raw tensors for one image; returns task_id",
+        NetworkInferenceRequest,
+        TensorsResult,
+    ),
     ("get", f"{_V}/recognition/specs/", "List your specs", None, None),
     ("post", f"{_V}/recognition/specs/", "Create a spec", SpecCreate, None),
     ("get", f"{_V}/recognition/specs/{{id}}/", "Retrieve a spec", None, None),
     ("patch", f"{_V}/recognition/specs/{{id}}/", "Edit a spec (current_version_id)", SpecUpdate, None),
     ("delete", f"{_V}/recognition/specs/{{id}}/", "Delete a spec and its versions", None, None),
     ("get", f"{_V}/recognition/specs/{{id}}/versions", "Versions of a spec", None, None),
-    ("post", f"{_V}/recognition/specs/{{id}}/inference", "Infer with the current version", InferenceRequest, InferenceResult),
+    (
+        "post",
+        f"{_V}/recognition/specs/{{id}}/inference",
+        "Infer with the current version",
+        InferenceRequest,
+        InferenceResult,
+    ),
     ("get", f"{_V}/recognition/public/", "List public (demo) specs", None, None),
     ("get", f"{_V}/recognition/public/{{id}}/", "Retrieve a public spec", None, None),
-    ("post", f"{_V}/recognition/public/{{id}}/inference", "Infer with a public spec", InferenceRequest, InferenceResult),
+    (
+        "post",
+        f"{_V}/recognition/public/{{id}}/inference",
+        "Infer with a public spec",
+        InferenceRequest,
+        InferenceResult,
+    ),
     ("get", f"{_V}/recognition/versions/", "List versions", None, None),
-    ("post", f"{_V}/recognition/versions/", "Create a version (first one becomes current)", VersionCreate, None),
+    (
+        "post",
+        f"{_V}/recognition/versions/",
+        "Create a version (first one becomes current)",
+        VersionCreate,
+        None,
+    ),
     ("get", f"{_V}/recognition/versions/{{id}}/", "Retrieve a version", None, None),
     ("delete", f"{_V}/recognition/versions/{{id}}/", "Delete a version", None, None),
-    ("post", f"{_V}/recognition/versions/{{id}}/inference", "Infer with a version", InferenceRequest, InferenceResult),
+    (
+        "post",
+        f"{_V}/recognition/versions/{{id}}/inference",
+        "Infer with a version",
+        InferenceRequest,
+        InferenceResult,
+    ),
     ("get", f"{_V}/tasks/{{id}}/", "A task: pending, success (data) or error", None, None),
     ("get", f"{_V}/tasks/", "Several tasks: ?task_ids=1&task_ids=2", None, None),
 ]
@@ -80,7 +116,9 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": {"description": "OK"}, "4XX": _ERROR},
         }
         if "{id}" in path:
-            operation["parameters"] = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+            operation["parameters"] = [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ]
         if request is not None:
             media = "multipart/form-data" if request is NetworkCreate else "application/json"
             operation["requestBody"] = {"required": True, "content": {media: {"schema": _ref(request)}}}

@@ -44,7 +44,15 @@ def _link(request: web.Request, offset: int, limit: int) -> str:
     return str(url.with_query(query))
 
 
-def page_body(request: web.Request, *, count: int, offset: int, limit: int, results: list[Any]) -> dict[str, Any]:
+def page_body(
+    request: web.Request, *, count: int, offset: int, limit: int, results: list[Any]
+) -> dict[str, Any]:
     next_link = _link(request, offset + limit, limit) if offset + limit < count else None
     previous_link = _link(request, max(offset - limit, 0), limit) if offset > 0 else None
-    return {"count": count, "next": next_link, "previous": previous_link, "prev": previous_link, "results": results}
+    return {
+        "count": count,
+        "next": next_link,
+        "previous": previous_link,
+        "prev": previous_link,
+        "results": results,
+    }

@@ -34,9 +34,13 @@ async def publish_job(request: web.Request, queue: QueueSpec, task_id: str, job:
         raise Unavailable("the job queue is unavailable; retry shortly") from error
 
 
-async def submit_inference(request: web.Request, model: ModelRef, inference: InferenceRequest) -> web.Response:
+async def submit_inference(
+    request: web.Request, model: ModelRef, inference: InferenceRequest
+) -> web.Response:
     image = job_image(
-        inference.inputs[0].image, field="inputs[0].image", max_bytes=request.app[CONFIG].max_inline_image_bytes
+        inference.inputs[0].image,
+        field="inputs[0].image",
+        max_bytes=request.app[CONFIG].max_inline_image_bytes,
     )
     owner = owner_of(request)
     task = await new_task(request, owner=owner, kind=TaskKind.INFERENCE)

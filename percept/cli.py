@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -28,7 +29,11 @@ async def _serve(settings: Settings, *, http: bool, consume: bool, demo: bool) -
 
             service = ConsumerService(store, broker, consumer_config(settings))
             await service.start()
-        runner = await run_http(make_gateway(settings, store, broker), settings.host, settings.port) if http else None
+        runner = (
+            await run_http(make_gateway(settings, store, broker), settings.host, settings.port)
+            if http
+            else None
+        )
         demo_task = None
         if demo:
             from percept.demo import register_demo_models
@@ -65,7 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     arguments = _parser().parse_args(argv)
     overrides = {
         key: value
-        for key, value in (("host", arguments.host), ("port", arguments.port), ("data_dir", arguments.data_dir))
+        for key, value in (
+            ("host", arguments.host),
+            ("port", arguments.port),
+            ("data_dir", arguments.data_dir),
+        )
         if value is not None
     }
     try:
@@ -87,10 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         "gateway": {"http": True, "consume": False, "demo": False},
         "consumer": {"http": False, "consume": True, "demo": False},
     }[arguments.command]
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings, **roles))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

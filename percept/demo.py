@@ -37,12 +37,16 @@ def _build_cached(demo: DemoModel, folder: Path) -> Path:
     return folder
 
 
-async def _register(store: Store, broker: Broker, demo: DemoModel, folder: Path) -> None:
-    files = {
+def _read_folder(folder: Path) -> dict[str, bytes]:
+    return {
         str(path.relative_to(folder)): path.read_bytes()
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != _BUILT_MARKER
     }
+
+
+async def _register(store: Store, broker: Broker, demo: DemoModel, folder: Path) -> None:
+    files = await asyncio.to_thread(_read_folder, folder)
     network_id = await store.next_id("networks")
     for path, data in files.items():
         await store.put_file(network_file_key(network_id, path), data)

@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     broker_url: str = Field(default="", description="empty: in-process broker; else amqp://...")
-    store_url: str = Field(default="", description="empty: SQLite in the data dir; sqlite:///path; mongodb://...")
+    store_url: str = Field(
+        default="", description="empty: SQLite in the data dir; sqlite:///path; mongodb://..."
+    )
     max_batch_size: int = Field(default=8, ge=1, le=1024)
     max_batch_delay_ms: float = Field(default=5.0, ge=0, le=60_000)
     prefetch: int = Field(default=32, ge=1, le=10_000, description="unacknowledged jobs per consumer")
@@ -32,7 +34,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     fetch_timeout_s: float = Field(default=10.0, gt=0)
     fetch_max_mb: float = Field(default=20.0, gt=0)
-    outbound_allow: str = Field(default="", description="comma-separated CIDRs or host names allowed for URLs")
+    outbound_allow: str = Field(
+        default="", description="comma-separated CIDRs or host names allowed for URLs"
+    )
     model_cache_size: int = Field(default=8, ge=1, description="loaded models kept per consumer process")
     demo_models: bool = Field(default=True, description="register the demo models on `serve`")
     log_format: LogFormat = LogFormat.AUTO

@@ -54,7 +54,10 @@ def check_post_processings(
             if output.labels.roi is RoiKind.BBOX:
                 problems.append((field, "the spec output has roi BBOX: use a detection post-processing"))
             problems += _check_tensor(
-                signature, post.classification.output_tensor, f"{field}.classification.output_tensor", last_dim=labels
+                signature,
+                post.classification.output_tensor,
+                f"{field}.classification.output_tensor",
+                last_dim=labels,
             )
         elif post.detection is not None and post.detection.direct_output is not None:
             if output.labels.roi is not RoiKind.BBOX:
@@ -64,6 +67,9 @@ def check_post_processings(
                 signature, direct.boxes_tensor, f"{field}.detection.direct_output.boxes_tensor", last_dim=4
             )
             problems += _check_tensor(
-                signature, direct.scores_tensor, f"{field}.detection.direct_output.scores_tensor", last_dim=labels
+                signature,
+                direct.scores_tensor,
+                f"{field}.detection.direct_output.scores_tensor",
+                last_dim=labels,
             )
     return problems

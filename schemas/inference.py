@@ -8,7 +8,9 @@ from schemas.common import BBox, LenientBool, Point, StrictModel
 
 
 class ImageInput(StrictModel):
-    source: str | bytes = Field(description="URL, `data:image/*;base64,...`, plain base64, or multipart bytes")
+    source: str | bytes = Field(
+        description="URL, `data:image/*;base64,...`, plain base64, or multipart bytes"
+    )
     bbox: BBox | None = None
     polygon: list[Point] | None = Field(default=None, min_length=3)
     crop_uniform_background: LenientBool = False

@@ -59,9 +59,8 @@ class ImagePreprocessing(StrictModel):
     def _network_needs_n(self) -> Self:
         if self.resize_type is ResizeType.NETWORK and "x" in self.target_size:
             raise ValueError("resize_type NETWORK takes target_size `N` (the largest side)")
-        if self.resize_type is not ResizeType.NETWORK and "x" not in self.target_size:
-            if self.resize_type is not ResizeType.SQUASH:
-                raise ValueError(f"resize_type {self.resize_type.value} needs target_size `WxH`")
+        if self.resize_type in {ResizeType.CROP, ResizeType.FILL} and "x" not in self.target_size:
+            raise ValueError(f"resize_type {self.resize_type.value} needs target_size `WxH`")
         return self
 
     def size(self) -> tuple[int, int | None]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiosqlite
 
-from schemas.documents import TaskOutcome
+from schemas.documents import TaskOutcome, TaskStatus
 from store.codec import apply_changes, check_page, check_where, finished_fields
 from store.disk_files import DiskFiles
 from store.port import (
@@ -65,7 +65,7 @@ _SCHEMA = [
 _FINISH_TASK = f"""
     UPDATE {TASKS.name}
     SET body = json_set(body, '$.status', ?, '$.data', json(?), '$.error', ?, '$.date_updated', ?)
-    WHERE id = ? AND json_extract(body, '$.status') = 'pending'
+    WHERE id = ? AND json_extract(body, '$.status') = '{TaskStatus.PENDING.value}'
 """
 
 
@@ -119,7 +119,7 @@ class SqliteStore(Store):
             async with store._session():
                 await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 await db.execute("PRAGMA journal_mode = WAL")
-                # Durable at checkpoints, consistent always: the usual WAL trade for many small writes.
+                # WAL + NORMAL: fsync at checkpoints only; a power cut may lose recent commits, not the file.
                 await db.execute("PRAGMA synchronous = NORMAL")
             async with store._transaction() as db:
                 for statement in _SCHEMA:

@@ -52,17 +52,16 @@ class Stack:
     def headers(self, key: str = API_KEY) -> dict[str, str]:
         return {"X-API-KEY": key}
 
-    async def wait_task(self, task_id: str, *, key: str = API_KEY, timeout: float = 60.0) -> dict[str, Any]:
+    async def wait_task(self, task_id: str, *, key: str = API_KEY) -> dict[str, Any]:
         """Poll like the official client does, bounded."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            response = await self.client.get(f"/v0.7/tasks/{task_id}/", headers=self.headers(key))
-            assert response.status == 200, await response.text()
-            task: dict[str, Any] = await response.json()
-            if task["status"] != "pending":
-                return task
-            assert asyncio.get_running_loop().time() < deadline, f"task {task_id} still pending"
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(60):
+            while True:
+                response = await self.client.get(f"/v0.7/tasks/{task_id}/", headers=self.headers(key))
+                assert response.status == 200, await response.text()
+                task: dict[str, Any] = await response.json()
+                if task["status"] != "pending":
+                    return task
+                await asyncio.sleep(0.02)
 
     async def upload_network(
         self, folder: Path, *, target_size: str, name: str = "net", extra: dict[str, str] | None = None
@@ -96,7 +95,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     store = await open_store("", tmp_path)
     broker = MemoryBroker()
     await broker.start()
-    config = ConsumerConfig(cache_dir=tmp_path / "cache", max_batch_delay_s=0.002, outbound_allow=("127.0.0.1/32",))
+    config = ConsumerConfig(
+        cache_dir=tmp_path / "cache", max_batch_delay_s=0.002, outbound_allow=("127.0.0.1/32",)
+    )
     service = ConsumerService(store, broker, config)
     await service.start()
     client = TestClient(TestServer(create_app(GatewayConfig(), store=store, broker=broker)))

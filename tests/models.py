@@ -19,7 +19,7 @@ class _Brightness(tf.Module):  # type: ignore[misc]
 
 
 class _Boxes(tf.Module):  # type: ignore[misc]
-    """Three candidate boxes for one label; two overlap heavily, so NMS keeps two. Scores scale with brightness."""
+    """Three candidate boxes for one label; two overlap, so NMS keeps two. Scores scale with brightness."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32, name="image")])
     def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:

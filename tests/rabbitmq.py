@@ -7,6 +7,7 @@ already running on the machine never collide. scripts/rabbitmq.sh does the same 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -85,7 +86,10 @@ class RabbitMQ:
                 stderr=subprocess.DEVNULL,
             )
         log = (self.scratch / "server.out").open("ab")
-        self._server = subprocess.Popen([str(SERVER)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        # Its own session: if it will not stop, killing its process group also ends the Erlang VM it spawned.
+        self._server = subprocess.Popen(
+            [str(SERVER)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         try:
             self.ctl("wait", "--timeout", str(START_TIMEOUT), str(self.pid_file), timeout=START_TIMEOUT + 10)
@@ -100,16 +104,16 @@ class RabbitMQ:
             try:
                 self.ctl("stop", str(self.pid_file))
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-                self._server.kill()
+                os.killpg(self._server.pid, signal.SIGKILL)
         try:
             self._server.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            self._server.kill()
+            os.killpg(self._server.pid, signal.SIGKILL)
             self._server.wait()
         self._server = None
 
     def restart(self) -> None:
-        """Stop and start the node on the same ports and data: durable queues and persistent messages survive."""
+        """Stop and start the node on the same ports and data: durable queues and persistent messages stay."""
         self._stop_server()
         self.start()
 

@@ -90,7 +90,7 @@ def _train(keras: Any) -> Any:
         [
             keras.Input((SIDE, SIDE, 1)),
             keras.layers.Rescaling(1.0 / INK),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu", kernel_initializer=init(1)),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu", kernel_initializer=init(1)),
             keras.layers.Conv2D(32, 3, padding="same", activation="relu", kernel_initializer=init(2)),
             keras.layers.MaxPooling2D(),
             keras.layers.Flatten(),
@@ -98,8 +98,8 @@ def _train(keras: Any) -> Any:
             keras.layers.Dense(10, activation="softmax", kernel_initializer=init(4)),
         ]
     )
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    model.fit(images[order], labels[order], batch_size=64, epochs=1, shuffle=False, verbose=0)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy")
+    model.fit(images[order], labels[order], batch_size=128, epochs=1, shuffle=False, verbose=0)
     return model
 
 

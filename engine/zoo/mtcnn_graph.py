@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
-from mtcnn.stages import StageONet, StagePNet, StageRNet  # type: ignore[import-untyped]
+from mtcnn.stages import StageONet, StagePNet, StageRNet
 
 # The package's defaults (mtcnn.MTCNN.detect_faces).
 MIN_FACE = 20

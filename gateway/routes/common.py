@@ -20,7 +20,7 @@ def parse(model: type[M], fields: dict[str, Any], *, prefix: str = "") -> M:
 
 
 def path_id(request: web.Request, name: str = "id") -> str:
-    """Ids in paths are integers for private objects, slugs for public ones; anything else is simply unknown."""
+    """Ids in paths are integers for private objects, slugs for public ones; anything else is unknown."""
     raw = request.match_info[name]
     if not raw or len(raw) > 100:
         raise NotFound("no such object", field=name)

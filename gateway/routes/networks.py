@@ -39,7 +39,9 @@ async def list_networks(request: web.Request) -> web.Response:
 async def create_network(request: web.Request) -> web.Response:
     body = await read_body(request)
     if not body.files:
-        raise InvalidInput("send the network as multipart/form-data with a saved_model.pb file part", field="files")
+        raise InvalidInput(
+            "send the network as multipart/form-data with a saved_model.pb file part", field="files"
+        )
     fields = dict(body.fields)
     fields.pop("files", None)
     created = parse(NetworkCreate, fields)
@@ -52,7 +54,9 @@ async def create_network(request: web.Request) -> web.Response:
     task = await new_task(request, owner=owner, kind=TaskKind.DEPLOYMENT)
     doc = NetworkDoc(id=network_id, owner=owner, files=sorted(files), task_id=task.id, **created.model_dump())
     await store.insert(NETWORKS, doc)
-    await publish_job(request, DEPLOYMENT, task.id, DeploymentJob(task_id=task.id, owner=owner, network_id=network_id))
+    await publish_job(
+        request, DEPLOYMENT, task.id, DeploymentJob(task_id=task.id, owner=owner, network_id=network_id)
+    )
     return ok(render.network(doc), status=201)
 
 
@@ -112,7 +116,9 @@ async def infer_network(request: web.Request) -> web.Response:
         for index, name in enumerate(inference.output_layers):
             if network.signature.resolve_output(name) is None:
                 known = ", ".join(sorted(network.signature.outputs))
-                raise InvalidInput(f"unknown tensor {name!r}; the network has {known}", field=f"output_layers[{index}]")
+                raise InvalidInput(
+                    f"unknown tensor {name!r}; the network has {known}", field=f"output_layers[{index}]"
+                )
     return await submit_inference(request, model, inference)
 
 

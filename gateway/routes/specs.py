@@ -1,4 +1,4 @@
-"""Deepomatic recognition specs: labels and outputs; private CRUD, public read, inference on the current version."""
+"""Deepomatic recognition specs: private CRUD, public read, inference with the current version."""
 
 from __future__ import annotations
 
@@ -68,8 +68,12 @@ async def update_spec(request: web.Request) -> web.Response:
         version_id = changes["current_version_id"]
         version = None if version_id is None else await store.get(VERSIONS, str(version_id), owners=[owner])
         if version_id is not None and (version is None or version.spec_id != spec_id):
-            raise InvalidInput(f"version {version_id} is not a version of spec {spec_id}", field="current_version_id")
-    changes = {key: value for key, value in changes.items() if value is not None or key == "current_version_id"}
+            raise InvalidInput(
+                f"version {version_id} is not a version of spec {spec_id}", field="current_version_id"
+            )
+    changes = {
+        key: value for key, value in changes.items() if value is not None or key == "current_version_id"
+    }
     changes["update_date"] = utc_now()
     doc = await store.update(SPECS, spec_id, owner=owner, changes=changes)
     if doc is None:
@@ -90,7 +94,9 @@ async def delete_spec(request: web.Request) -> web.Response:
 async def spec_versions(request: web.Request) -> web.Response:
     spec = await readable_spec(request, path_id(request))
     offset, limit = page_params(request)
-    page = await request.app[STORE].find(VERSIONS, owners=[spec.owner], where={"spec_id": spec.id}, offset=offset, limit=limit)
+    page = await request.app[STORE].find(
+        VERSIONS, owners=[spec.owner], where={"spec_id": spec.id}, offset=offset, limit=limit
+    )
     results = await render_versions(request, page.items)
     return ok(page_body(request, count=page.count, offset=offset, limit=limit, results=results))
 
@@ -101,7 +107,9 @@ async def _infer(request: web.Request, spec: SpecDoc) -> web.Response:
     inference = parse(InferenceRequest, (await read_body(request)).with_files())
     version = await request.app[STORE].get(VERSIONS, str(spec.current_version_id), owners=[spec.owner])
     if version is None:
-        raise InvalidInput(f"the current version of spec {spec.id} no longer exists", field="current_version_id")
+        raise InvalidInput(
+            f"the current version of spec {spec.id} no longer exists", field="current_version_id"
+        )
     model = await model_ref_for_version(request, version, spec=spec)
     return await submit_inference(request, model, inference)
 

@@ -23,14 +23,21 @@ async def retrieve_task(request: web.Request) -> web.Response:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    ids = [part.strip() for value in request.query.getall("task_ids", []) for part in value.split(",") if part.strip()]
+    ids = [
+        part.strip()
+        for value in request.query.getall("task_ids", [])
+        for part in value.split(",")
+        if part.strip()
+    ]
     if not ids:
         raise InvalidInput("give the tasks to list: ?task_ids=1&task_ids=2", field="task_ids")
     if len(ids) > MAX_TASK_IDS:
         raise InvalidInput(f"at most {MAX_TASK_IDS} ids per request", field="task_ids")
     offset, limit = page_params(request)
     unique = list(dict.fromkeys(ids))
-    docs = await request.app[STORE].get_many(TASKS, unique[offset : offset + limit], owners=[owner_of(request)])
+    docs = await request.app[STORE].get_many(
+        TASKS, unique[offset : offset + limit], owners=[owner_of(request)]
+    )
     results = [render.task(doc) for doc in docs]
     return ok(page_body(request, count=len(unique), offset=offset, limit=limit, results=results))
 

@@ -32,7 +32,9 @@ async def render_versions(request: web.Request, versions: list[VersionDoc]) -> l
     spec_names = {doc.id: doc.name for doc in specs}
     network_names = {doc.id: doc.name for doc in networks}
     return [
-        render.version(doc, spec_name=spec_names.get(doc.spec_id), network_name=network_names.get(doc.network_id))
+        render.version(
+            doc, spec_name=spec_names.get(doc.spec_id), network_name=network_names.get(doc.network_id)
+        )
         for doc in versions
     ]
 
@@ -75,7 +77,9 @@ async def create_version(request: web.Request) -> web.Response:
     )
     await store.insert(VERSIONS, doc)
     if spec.current_version_id is None:
-        await store.update(SPECS, spec.id, owner=owner, changes={"current_version_id": int(doc.id), "update_date": utc_now()})
+        await store.update(
+            SPECS, spec.id, owner=owner, changes={"current_version_id": int(doc.id), "update_date": utc_now()}
+        )
     return ok(render.version(doc, spec_name=spec.name, network_name=network.name), status=201)
 
 
@@ -95,11 +99,15 @@ async def delete_version(request: web.Request) -> web.Response:
     if spec is not None and spec.current_version_id == int(version_id):
         remaining = await store.find(VERSIONS, owners=[owner], where={"spec_id": spec.id}, limit=1000)
         newest = int(remaining.items[-1].id) if remaining.items else None
-        await store.update(SPECS, spec.id, owner=owner, changes={"current_version_id": newest, "update_date": utc_now()})
+        await store.update(
+            SPECS, spec.id, owner=owner, changes={"current_version_id": newest, "update_date": utc_now()}
+        )
     return no_content()
 
 
-async def model_ref_for_version(request: web.Request, version: VersionDoc, *, spec: SpecDoc | None = None) -> ModelRef:
+async def model_ref_for_version(
+    request: web.Request, version: VersionDoc, *, spec: SpecDoc | None = None
+) -> ModelRef:
     store = request.app[STORE]
     owners = [version.owner, PUBLIC_OWNER]
     if spec is None:
@@ -109,7 +117,11 @@ async def model_ref_for_version(request: web.Request, version: VersionDoc, *, sp
         raise InvalidInput(f"version {version.id} lost its spec or network", field="version_id")
     model = ready_model_ref(network)
     return model.model_copy(
-        update={"version_id": version.id, "outputs": spec.outputs, "post_processings": version.post_processings}
+        update={
+            "version_id": version.id,
+            "outputs": spec.outputs,
+            "post_processings": version.post_processings,
+        }
     )
 
 

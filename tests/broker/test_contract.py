@@ -137,6 +137,24 @@ async def test_cancel_returns_unacknowledged_deliveries(broker: Broker) -> None:
         await held[0].ack()
 
 
+async def test_a_failing_handler_leaves_its_delivery_unacknowledged(broker: Broker) -> None:
+    seen: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def failing(delivery: Delivery) -> None:
+        await seen.put(delivery)
+        raise RuntimeError("handler bug")
+
+    await broker.publish(QUEUE, b"{}", message_id="m1")
+    subscription = await broker.consume(QUEUE, failing, prefetch=1)
+    await asyncio.wait_for(seen.get(), WAIT)
+    await subscription.cancel()
+
+    inbox = Inbox()
+    subscription = await broker.consume(QUEUE, inbox, prefetch=1)
+    assert (await inbox.next()).delivery_count == 2
+    await subscription.cancel()
+
+
 async def test_queue_depth_counts_ready_messages(broker: Broker) -> None:
     assert await broker.queue_depth(QUEUE) == 0
     for n in range(3):

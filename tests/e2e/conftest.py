@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -32,7 +33,9 @@ class Service:
     data_dir: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    started_at: float
     seconds_to_listen: float
+    seconds_to_demo_ready: float = 0.0
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.get(self.url + path, headers={"X-API-KEY": self.key}, timeout=30, **kwargs)
@@ -66,10 +69,13 @@ def start_service(data_dir: Path, *, env: dict[str, str] | None = None) -> Servi
         **(env or {}),
     }
     started = time.monotonic()
-    log_file = log_path.open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "percept.cli", "serve"], env=environment, stdout=log_file, stderr=subprocess.STDOUT
-    )
+    with log_path.open("ab") as log_file:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "percept.cli", "serve"],
+            env=environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -80,9 +86,11 @@ def start_service(data_dir: Path, *, env: dict[str, str] | None = None) -> Servi
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise AssertionError(f"percept serve did not start: {log_path.read_text(errors='replace')[-4000:]}")
+            raise AssertionError(
+                f"percept serve did not start: {log_path.read_text(errors='replace')[-4000:]}"
+            )
         time.sleep(0.1)
-    return Service(url, SERVE_KEY, data_dir, process, log_path, time.monotonic() - started)
+    return Service(url, SERVE_KEY, data_dir, process, log_path, started, time.monotonic() - started)
 
 
 def stop_service(service: Service) -> int:
@@ -94,10 +102,29 @@ def stop_service(service: Service) -> int:
         raise
 
 
+def wait_demo_ready(service: Service, key: str, sample: bytes, timeout: float = 300.0) -> None:
+    """Demo models are built and deployed in the background on first start."""
+    body = {"inputs": [{"image": {"source": base64.b64encode(sample).decode()}}]}
+    deadline = time.monotonic() + timeout
+    while True:
+        response = service.post(f"/v0.7/recognition/public/{key}/inference", json=body)
+        if response.status_code == 200:
+            return
+        assert response.status_code in (400, 404), response.text
+        assert time.monotonic() < deadline, service.log()
+        time.sleep(0.25)
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A running `percept serve` whose demo models are ready."""
+    from engine.zoo import DEMO_MODELS
+
     service = start_service(tmp_path_factory.mktemp("serve") / "data")
     try:
+        for demo in DEMO_MODELS:
+            wait_demo_ready(service, demo.key, demo.sample_image())
+        service.seconds_to_demo_ready = time.monotonic() - service.started_at
         yield service
     finally:
         stop_service(service)

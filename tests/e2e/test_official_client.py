@@ -24,8 +24,8 @@ def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _files(folder: Path) -> dict[str, object]:
-    return {path.name: path.open("rb") for path in folder.rglob("*") if path.is_file()}
+def _files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
 def test_official_client_full_flow(served: Service, digits_model: Path) -> None:
@@ -39,32 +39,39 @@ def test_official_client_full_flow(served: Service, digits_model: Path) -> None:
         files=_files(digits_model),
     )
     for key in ("id", "name", "description", "create_date", "update_date", "task_id"):
-        assert key in network
+        assert key in network.data()
     client.Task.retrieve(network["task_id"]).wait(timeout=120)
 
     spec = client.RecognitionSpec.create(
-        name="digits", description="0-9", outputs=[output.model_dump(mode="json") for output in DIGITS.outputs]
+        name="digits",
+        description="0-9",
+        outputs=[output.model_dump(mode="json") for output in DIGITS.outputs],
     )
     version = client.RecognitionVersion.create(
         spec_id=spec["id"],
         network_id=network["id"],
-        post_processings=[post.model_dump(mode="json", exclude_none=True) for post in DIGITS.post_processings],
+        post_processings=[
+            post.model_dump(mode="json", exclude_none=True) for post in DIGITS.post_processings
+        ],
     )
     assert client.RecognitionSpec.retrieve(spec["id"])["current_version_id"] == version["id"]
     assert [v["id"] for v in client.RecognitionSpec.retrieve(spec["id"]).versions()] == [version["id"]]
 
     sample = DIGITS.sample_image()
-    result = version.inference(inputs=[ImageInput(sample, encoding="binary")], show_discarded=True, max_predictions=3)
+    result = version.inference(
+        inputs=[ImageInput(sample, encoding="binary")], show_discarded=True, max_predictions=3
+    )
     predicted = result["outputs"][0]["labels"]["predicted"]
     assert predicted[0]["label_name"] == DIGITS.sample_label
     assert isinstance(predicted[0]["score"], float) and isinstance(predicted[0]["label_id"], int)
 
     tasks = [
-        spec.inference(inputs=[ImageInput(sample, encoding="binary")], return_task=True) for _ in range(4)
+        spec.inference(inputs=[ImageInput(sample, encoding="binary")], return_task=True, wait_task=False)
+        for _ in range(4)
     ]
     pending, done, errors = client.Task.batch_wait(tasks=tasks, timeout=120)
     assert len(done) == 4 and not errors and not pending
-    assert all(task['data']['outputs'][0]['labels']['predicted'] for _, task in done)
+    assert all(task["data"]["outputs"][0]["labels"]["predicted"] for _, task in done)
 
     raw = client.Network.retrieve(network["id"]).inference(inputs=[ImageInput(sample, encoding="binary")])
     assert raw["probabilities"].shape == (10,)
@@ -80,7 +87,7 @@ def test_official_client_full_flow(served: Service, digits_model: Path) -> None:
     version.delete()
     network_object.delete()
     with pytest.raises(ClientError):
-        client.Network.retrieve(network["id"])
+        client.Network.retrieve(network["id"])["name"]  # retrieve is lazy: reading a field fetches
 
 
 def test_official_client_sees_task_errors(served: Service) -> None:
@@ -88,6 +95,9 @@ def test_official_client_sees_task_errors(served: Service) -> None:
     public = client.RecognitionSpec.retrieve("digits")
     assert public["id"] == "digits"
     truncated_png = DIGITS.sample_image()[:60]
-    task = public.inference(inputs=[ImageInput(truncated_png, encoding="binary")], return_task=True)
-    with pytest.raises(TaskError):
+    task = public.inference(
+        inputs=[ImageInput(truncated_png, encoding="binary")], return_task=True, wait_task=False
+    )
+    with pytest.raises(TaskError) as failed:
         task.wait(timeout=120)
+    assert "truncated" in str(failed.value)

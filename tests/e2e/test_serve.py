@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 
 import pytest
 
@@ -13,30 +12,17 @@ from tests.e2e.conftest import Service, start_service, stop_service
 pytestmark = pytest.mark.e2e
 
 
-def _wait_demo_ready(service: Service, key: str, timeout: float = 300.0) -> float:
-    """Seconds until the demo spec answers an inference (build + deployment on first start)."""
-    started = time.monotonic()
-    demo = next(d for d in DEMO_MODELS if d.key == key)
-    body = {"inputs": [{"image": {"source": base64.b64encode(demo.sample_image()).decode()}}]}
-    while True:
-        response = service.post(f"/v0.7/recognition/public/{key}/inference", json=body)
-        if response.status_code == 200:
-            return time.monotonic() - started
-        assert response.status_code in (400, 404), response.text
-        assert time.monotonic() - started < timeout, service.log()
-        time.sleep(0.5)
-
-
 @pytest.mark.parametrize("demo", DEMO_MODELS, ids=[d.key for d in DEMO_MODELS])
 def test_demo_models_answer_on_their_samples(served: Service, demo: object) -> None:
     from engine.zoo import DemoModel
 
     assert isinstance(demo, DemoModel)
-    _wait_demo_ready(served, demo.key)
     spec = served.get(f"/v0.7/recognition/public/{demo.key}/").json()
     assert spec["id"] == demo.key and spec["current_version_id"]
     source = "data:image/png;base64," + base64.b64encode(demo.sample_image()).decode()
-    response = served.post(f"/v0.7/recognition/public/{demo.key}/inference", json={"inputs": [{"image": {"source": source}}]})
+    response = served.post(
+        f"/v0.7/recognition/public/{demo.key}/inference", json={"inputs": [{"image": {"source": source}}]}
+    )
     assert response.status_code == 200, response.text
     task = served.wait_task(response.json()["task_id"])
     assert task["status"] == "success", task
@@ -78,7 +64,11 @@ def test_bad_settings_fail_at_start_naming_the_variable(tmp_path_factory: pytest
     import subprocess
     import sys
 
-    env = {**os.environ, "PERCEPT_MAX_BATCH_SIZE": "zero", "PERCEPT_DATA_DIR": str(tmp_path_factory.mktemp("bad"))}
+    env = {
+        **os.environ,
+        "PERCEPT_MAX_BATCH_SIZE": "zero",
+        "PERCEPT_DATA_DIR": str(tmp_path_factory.mktemp("bad")),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "percept.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
     )

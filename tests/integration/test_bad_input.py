@@ -21,7 +21,9 @@ async def _error(response: Any, status: int) -> dict[str, Any]:
 
 async def _spec(stack: Stack, labels: int = 2) -> dict[str, Any]:
     outputs = [{"labels": {"labels": [{"id": i, "name": f"l{i}"} for i in range(labels)]}}]
-    response = await stack.client.post("/v0.7/recognition/specs/", json={"name": "s", "outputs": outputs}, headers=stack.headers())
+    response = await stack.client.post(
+        "/v0.7/recognition/specs/", json={"name": "s", "outputs": outputs}, headers=stack.headers()
+    )
     body: dict[str, Any] = await response.json()
     return body
 
@@ -33,8 +35,14 @@ async def test_missing_and_wrong_keys_are_401(stack: Stack) -> None:
 
 
 async def test_unknown_ids_and_routes_are_404(stack: Stack) -> None:
-    for path in ("/v0.7/networks/999/", "/v0.7/recognition/specs/999/", "/v0.7/recognition/versions/abc/",
-                 "/v0.7/tasks/12345/", "/v0.7/recognition/public/nope/", "/v0.7/nothing/"):
+    for path in (
+        "/v0.7/networks/999/",
+        "/v0.7/recognition/specs/999/",
+        "/v0.7/recognition/versions/abc/",
+        "/v0.7/tasks/12345/",
+        "/v0.7/recognition/public/nope/",
+        "/v0.7/nothing/",
+    ):
         await _error(await stack.client.get(path, headers=stack.headers()), 404)
 
 
@@ -50,10 +58,14 @@ async def test_malformed_json_and_wrong_types(stack: Stack) -> None:
         "/v0.7/recognition/specs/", data="{", headers={**stack.headers(), "Content-Type": "application/json"}
     )
     await _error(response, 400)
-    response = await stack.client.post("/v0.7/recognition/specs/", json={"name": "x", "outputs": "no"}, headers=stack.headers())
+    response = await stack.client.post(
+        "/v0.7/recognition/specs/", json={"name": "x", "outputs": "no"}, headers=stack.headers()
+    )
     body = await _error(response, 400)
     assert body["field"] == "outputs"
-    response = await stack.client.post("/v0.7/recognition/specs/", json={"name": "x", "outputs": [], "bogus": 1}, headers=stack.headers())
+    response = await stack.client.post(
+        "/v0.7/recognition/specs/", json={"name": "x", "outputs": [], "bogus": 1}, headers=stack.headers()
+    )
     body = await _error(response, 400)
     assert "outputs" in body["error"] and "bogus" in body["error"]
 
@@ -62,18 +74,29 @@ async def test_version_thresholds_must_match_labels(stack: Stack, tiny_models: d
     network = await stack.upload_network(tiny_models["brightness"], target_size="16x16")
     await stack.wait_task(network["task_id"])
     spec = await _spec(stack, labels=2)
-    body = {"spec_id": spec["id"], "network_id": network["id"],
-            "post_processings": [{"classification": {"output_tensor": "probabilities", "thresholds": [0.5]}}]}
-    error = await _error(await stack.client.post("/v0.7/recognition/versions/", json=body, headers=stack.headers()), 400)
+    body = {
+        "spec_id": spec["id"],
+        "network_id": network["id"],
+        "post_processings": [{"classification": {"output_tensor": "probabilities", "thresholds": [0.5]}}],
+    }
+    error = await _error(
+        await stack.client.post("/v0.7/recognition/versions/", json=body, headers=stack.headers()), 400
+    )
     assert error["field"] == "post_processings[0].classification.thresholds"
     body["post_processings"] = [{"classification": {"output_tensor": "nope", "thresholds": [0.5, 0.5]}}]
-    error = await _error(await stack.client.post("/v0.7/recognition/versions/", json=body, headers=stack.headers()), 400)
+    error = await _error(
+        await stack.client.post("/v0.7/recognition/versions/", json=body, headers=stack.headers()), 400
+    )
     assert error["field"] == "post_processings[0].classification.output_tensor"
     assert "probabilities" in error["error"]
     body["post_processings"] = []
-    await _error(await stack.client.post("/v0.7/recognition/versions/", json=body, headers=stack.headers()), 400)
+    await _error(
+        await stack.client.post("/v0.7/recognition/versions/", json=body, headers=stack.headers()), 400
+    )
     body["spec_id"] = 4242
-    error = await _error(await stack.client.post("/v0.7/recognition/versions/", json=body, headers=stack.headers()), 400)
+    error = await _error(
+        await stack.client.post("/v0.7/recognition/versions/", json=body, headers=stack.headers()), 400
+    )
 
 
 @pytest.mark.parametrize(
@@ -82,16 +105,30 @@ async def test_version_thresholds_must_match_labels(stack: Stack, tiny_models: d
         ({"inputs": []}, "inputs"),
         ({}, "inputs"),
         ({"inputs": [{"image": {"source": "not base64 !!"}}]}, "inputs[0].image.source"),
-        ({"inputs": [{"image": {"source": base64.b64encode(b"plain text, not an image").decode()}}]}, "inputs[0].image.source"),
+        (
+            {"inputs": [{"image": {"source": base64.b64encode(b"plain text, not an image").decode()}}]},
+            "inputs[0].image.source",
+        ),
         ({"inputs": [{"image": {"source": ""}}]}, "inputs[0].image.source"),
-        ({"inputs": [{"image": {"source": "x", "bbox": {"xmin": 0.5, "ymin": 0, "xmax": 0.2, "ymax": 1}}}]}, "inputs[0].image.bbox"),
+        (
+            {
+                "inputs": [
+                    {"image": {"source": "x", "bbox": {"xmin": 0.5, "ymin": 0, "xmax": 0.2, "ymax": 1}}}
+                ]
+            },
+            "inputs[0].image.bbox",
+        ),
         ({"inputs": [{"image": {"source": "x"}}], "max_predictions": "many"}, "max_predictions"),
     ],
 )
-async def test_bad_inference_inputs(stack: Stack, tiny_models: dict[str, Path], body: dict[str, Any], field: str) -> None:
+async def test_bad_inference_inputs(
+    stack: Stack, tiny_models: dict[str, Path], body: dict[str, Any], field: str
+) -> None:
     network = await stack.upload_network(tiny_models["brightness"], target_size="16x16")
     await stack.wait_task(network["task_id"])
-    response = await stack.client.post(f"/v0.7/networks/{network['id']}/inference", json=body, headers=stack.headers())
+    response = await stack.client.post(
+        f"/v0.7/networks/{network['id']}/inference", json=body, headers=stack.headers()
+    )
     error = await _error(response, 400)
     assert error["field"] == field, error
 

@@ -36,10 +36,12 @@ def cluster(tmp_path: Path, rabbitmq_url: str) -> Iterator[tuple[str, list[subpr
     }
     processes = []
     for index, role in enumerate(["gateway", "consumer", "consumer"]):
-        log = (tmp_path / f"{role}-{index}.log").open("wb")
-        processes.append(
-            subprocess.Popen([sys.executable, "-m", "percept.cli", role], env=env, stdout=log, stderr=subprocess.STDOUT)
-        )
+        with (tmp_path / f"{role}-{index}.log").open("wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "percept.cli", role], env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -63,13 +65,17 @@ def cluster(tmp_path: Path, rabbitmq_url: str) -> Iterator[tuple[str, list[subpr
 
 
 def _logs(folder: Path) -> str:
-    return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in sorted(folder.glob("*.log")))
+    return "\n".join(
+        f"== {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in sorted(folder.glob("*.log"))
+    )
 
 
 def _wait(url: str, task_id: str) -> dict[str, object]:
     deadline = time.monotonic() + 120
     while True:
-        task: dict[str, object] = requests.get(f"{url}/v0.7/tasks/{task_id}/", headers={"X-API-KEY": KEY}, timeout=10).json()
+        task: dict[str, object] = requests.get(
+            f"{url}/v0.7/tasks/{task_id}/", headers={"X-API-KEY": KEY}, timeout=10
+        ).json()
         if task["status"] != "pending":
             return task
         assert time.monotonic() < deadline
@@ -89,11 +95,16 @@ def test_gateway_and_two_consumers_share_the_work(
         "preprocessing.inputs[0]image.pixel_scaling": "1.0",
     }
     files = {name: (name, data) for name, data in network_parts(tiny_models["brightness"]).items()}
-    network = requests.post(f"{url}/v0.7/networks/", data=fields, files=files, headers=headers, timeout=30).json()
+    network = requests.post(
+        f"{url}/v0.7/networks/", data=fields, files=files, headers=headers, timeout=30
+    ).json()
     assert _wait(url, network["task_id"])["status"] == "success", _logs(folder)
     spec = requests.post(
         f"{url}/v0.7/recognition/specs/",
-        json={"name": "b", "outputs": [{"labels": {"labels": [{"id": 0, "name": "dark"}, {"id": 1, "name": "bright"}]}}]},
+        json={
+            "name": "b",
+            "outputs": [{"labels": {"labels": [{"id": 0, "name": "dark"}, {"id": 1, "name": "bright"}]}}],
+        },
         headers=headers,
         timeout=10,
     ).json()
@@ -109,7 +120,12 @@ def test_gateway_and_two_consumers_share_the_work(
     for index in range(60):
         expected = "bright" if index % 2 else "dark"
         body = {"inputs": [{"image": {"source": base64.b64encode(images[expected]).decode()}}]}
-        response = requests.post(f"{url}/v0.7/recognition/versions/{version['id']}/inference", json=body, headers=headers, timeout=10)
+        response = requests.post(
+            f"{url}/v0.7/recognition/versions/{version['id']}/inference",
+            json=body,
+            headers=headers,
+            timeout=10,
+        )
         assert response.status_code == 200, response.text
         submitted.append((response.json()["task_id"], expected))
     for task_id, expected in submitted:

@@ -20,11 +20,15 @@ async def _deployed(stack: Stack, folder: Path, *, target_size: str) -> dict[str
     return network
 
 
-async def _classifier_version(stack: Stack, tiny_models: dict[str, Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _classifier_version(
+    stack: Stack, tiny_models: dict[str, Path]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     network = await _deployed(stack, tiny_models["brightness"], target_size="16x16")
     spec_body = {
         "name": "brightness",
-        "outputs": [{"labels": {"roi": "NONE", "labels": [{"id": 0, "name": "dark"}, {"id": 1, "name": "bright"}]}}],
+        "outputs": [
+            {"labels": {"roi": "NONE", "labels": [{"id": 0, "name": "dark"}, {"id": 1, "name": "bright"}]}}
+        ],
     }
     response = await stack.client.post("/v0.7/recognition/specs/", json=spec_body, headers=stack.headers())
     assert response.status == 201, await response.text()
@@ -32,9 +36,13 @@ async def _classifier_version(stack: Stack, tiny_models: dict[str, Path]) -> tup
     version_body = {
         "spec_id": spec["id"],
         "network_id": network["id"],
-        "post_processings": [{"classification": {"output_tensor": "probabilities", "thresholds": [0.5, 0.5]}}],
+        "post_processings": [
+            {"classification": {"output_tensor": "probabilities", "thresholds": [0.5, 0.5]}}
+        ],
     }
-    response = await stack.client.post("/v0.7/recognition/versions/", json=version_body, headers=stack.headers())
+    response = await stack.client.post(
+        "/v0.7/recognition/versions/", json=version_body, headers=stack.headers()
+    )
     assert response.status == 201, await response.text()
     return spec, await response.json()
 
@@ -56,7 +64,9 @@ async def test_classification_end_to_end(stack: Stack, tiny_models: dict[str, Pa
 
     white = base64.b64encode(png((255, 255, 255))).decode()
     task = await _infer(
-        stack, f"/v0.7/recognition/versions/{version['id']}/inference", {"inputs": [{"image": {"source": white}}]}
+        stack,
+        f"/v0.7/recognition/versions/{version['id']}/inference",
+        {"inputs": [{"image": {"source": white}}]},
     )
     assert task["status"] == "success", task
     predicted = task["data"]["outputs"][0]["labels"]["predicted"]
@@ -78,7 +88,11 @@ async def test_classification_end_to_end(stack: Stack, tiny_models: dict[str, Pa
     task = await _infer(
         stack,
         f"/v0.7/recognition/versions/{version['id']}/inference",
-        {"inputs": [{"image": {"source": data_uri, "bbox": {"xmin": 0.1, "ymin": 0.1, "xmax": 0.5, "ymax": 0.5}}}]},
+        {
+            "inputs": [
+                {"image": {"source": data_uri, "bbox": {"xmin": 0.1, "ymin": 0.1, "xmax": 0.5, "ymax": 0.5}}}
+            ]
+        },
     )
     assert task["data"]["outputs"][0]["labels"]["predicted"][0]["label_name"] == "bright"
 
@@ -99,10 +113,20 @@ async def test_network_inference_returns_raw_tensors(stack: Stack, tiny_models: 
 
 async def test_detection_applies_thresholds_and_nms(stack: Stack, tiny_models: dict[str, Path]) -> None:
     network = await _deployed(stack, tiny_models["boxes"], target_size="32x32")
-    spec_body = {"name": "boxes", "outputs": [{"labels": {"roi": "BBOX", "labels": [{"id": 7, "name": "thing"}]}}]}
-    spec = await (await stack.client.post("/v0.7/recognition/specs/", json=spec_body, headers=stack.headers())).json()
-    post = {"detection": {"thresholds": [0.5], "nms_threshold": 0.5,
-                          "direct_output": {"boxes_tensor": "boxes", "scores_tensor": "scores"}}}
+    spec_body = {
+        "name": "boxes",
+        "outputs": [{"labels": {"roi": "BBOX", "labels": [{"id": 7, "name": "thing"}]}}],
+    }
+    spec = await (
+        await stack.client.post("/v0.7/recognition/specs/", json=spec_body, headers=stack.headers())
+    ).json()
+    post = {
+        "detection": {
+            "thresholds": [0.5],
+            "nms_threshold": 0.5,
+            "direct_output": {"boxes_tensor": "boxes", "scores_tensor": "scores"},
+        }
+    }
     response = await stack.client.post(
         "/v0.7/recognition/versions/",
         json={"spec_id": spec["id"], "network_id": network["id"], "post_processings": [post]},
@@ -112,7 +136,9 @@ async def test_detection_applies_thresholds_and_nms(stack: Stack, tiny_models: d
     version = await response.json()
     white = base64.b64encode(png((255, 255, 255), size=(64, 64))).decode()
     task = await _infer(
-        stack, f"/v0.7/recognition/versions/{version['id']}/inference", {"inputs": [{"image": {"source": white}}]}
+        stack,
+        f"/v0.7/recognition/versions/{version['id']}/inference",
+        {"inputs": [{"image": {"source": white}}]},
     )
     predicted = task["data"]["outputs"][0]["labels"]["predicted"]
     assert [p["label_id"] for p in predicted] == [7, 7]
@@ -133,12 +159,20 @@ async def test_url_inputs_are_fetched_by_the_consumer(stack: Stack, tiny_models:
     await server.start_server()
     try:
         path = f"/v0.7/recognition/versions/{version['id']}/inference"
-        task = await _infer(stack, path, {"inputs": [{"image": {"source": str(server.make_url("/white.png"))}}]})
+        task = await _infer(
+            stack, path, {"inputs": [{"image": {"source": str(server.make_url("/white.png"))}}]}
+        )
         assert task["status"] == "success", task
-        missing = await _infer(stack, path, {"inputs": [{"image": {"source": str(server.make_url("/nope.png"))}}]})
+        missing = await _infer(
+            stack, path, {"inputs": [{"image": {"source": str(server.make_url("/nope.png"))}}]}
+        )
         assert missing["status"] == "error" and "404" in missing["error"]
         # Only 127.0.0.1 is allowed in this stack: other loopback forms are refused before connecting.
-        for refused in ("http://127.0.0.2:9/x.png", "http://[::1]:9/x.png", "http://[::ffff:127.0.0.3]:9/x.png"):
+        for refused in (
+            "http://127.0.0.2:9/x.png",
+            "http://[::1]:9/x.png",
+            "http://[::ffff:127.0.0.3]:9/x.png",
+        ):
             task = await _infer(stack, path, {"inputs": [{"image": {"source": refused}}]})
             assert task["status"] == "error" and "not allowed" in task["error"], task
     finally:
@@ -149,7 +183,9 @@ async def test_undecodable_image_ends_the_task_in_error(stack: Stack, tiny_model
     _, version = await _classifier_version(stack, tiny_models)
     truncated = base64.b64encode(png((1, 2, 3))[:40]).decode()
     task = await _infer(
-        stack, f"/v0.7/recognition/versions/{version['id']}/inference", {"inputs": [{"image": {"source": truncated}}]}
+        stack,
+        f"/v0.7/recognition/versions/{version['id']}/inference",
+        {"inputs": [{"image": {"source": truncated}}]},
     )
     assert task["status"] == "error" and task["error"]
 
@@ -160,7 +196,9 @@ async def test_tenants_do_not_see_each_other(stack: Stack, tiny_models: dict[str
         response = await stack.client.get(path, headers=stack.headers(OTHER_KEY))
         assert response.status == 404
         assert "error" in await response.json()
-    listing = await (await stack.client.get("/v0.7/recognition/specs/", headers=stack.headers(OTHER_KEY))).json()
+    listing = await (
+        await stack.client.get("/v0.7/recognition/specs/", headers=stack.headers(OTHER_KEY))
+    ).json()
     assert listing["count"] == 0
 
 

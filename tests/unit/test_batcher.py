@@ -15,9 +15,11 @@ class Recorder:
         self.batches: list[tuple[Hashable, list[int]]] = []
         self.release = asyncio.Event()
         self.release.set()
+        self.started = asyncio.Event()
 
     async def run(self, key: Hashable, items: Sequence[int]) -> list[int]:
         self.batches.append((key, list(items)))
+        self.started.set()
         await self.release.wait()
         if any(item < 0 for item in items):
             raise ValueError("negative")
@@ -54,8 +56,7 @@ async def test_items_pile_up_while_a_batch_runs() -> None:
     batcher: Batcher[int, int] = Batcher(recorder.run, max_size=8, max_delay=10.0)
     runner = await _drive(batcher)
     first = batcher.submit("a", 1)
-    while not recorder.batches:
-        await asyncio.sleep(0)
+    await recorder.started.wait()
     later = [batcher.submit("a", i) for i in (2, 3, 4)]
     recorder.release.set()
     await asyncio.gather(first, *later)

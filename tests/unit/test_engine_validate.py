@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from engine.errors import ModelError
-from engine.validate import check_post_processings, validate_network
+from engine.validate import validate_network
+from schemas.checks import check_post_processings
 from schemas.networks import Preprocessing
 from schemas.signature import Signature, TensorSpec
 from schemas.specs import SpecOutput
@@ -60,22 +61,26 @@ def test_fitting_post_processings_have_no_problems() -> None:
     ("outputs", "posts", "expected"),
     [
         ([spec("NONE")], [classification()] * 2, ["the spec has 1 output(s)"]),
-        ([spec("NONE")], [classification(thresholds=2)], ["post_processings[0]: 2 thresholds for 3 labels"]),
-        ([spec("BBOX")], [classification()], ["roi BBOX, which needs a detection"]),
-        ([spec("NONE")], [detection()], ["roi NONE, which needs a classification"]),
-        ([spec("NONE")], [classification("logits")], ["'logits' is not in the model's serving signature"]),
-        ([spec("NONE", labels=2)], [classification(thresholds=2)], ["has 3 scores per row for 2 labels"]),
-        ([spec("BBOX")], [detection(boxes="wide_boxes")], ["'wide_boxes' has last dimension 5; it needs 4"]),
-        ([spec("BBOX")], [detection(scores="probabilities", boxes="nope")], ["'nope' is not in"]),
+        (
+            [spec("NONE")],
+            [classification(thresholds=2)],
+            ["has 2 value(s) but the spec output has 3 label(s)"],
+        ),
+        ([spec("BBOX")], [classification()], ["roi BBOX: use a detection"]),
+        ([spec("NONE")], [detection()], ["roi NONE: use a classification"]),
+        ([spec("NONE")], [classification("logits")], ["no output tensor 'logits'"]),
+        ([spec("NONE", labels=2)], [classification(thresholds=2)], ["last dimension 3, expected 2"]),
+        ([spec("BBOX")], [detection(boxes="wide_boxes")], ["'wide_boxes' has last dimension 5, expected 4"]),
+        ([spec("BBOX")], [detection(scores="probabilities", boxes="nope")], ["no output tensor 'nope'"]),
     ],
 )
 def test_each_problem_is_named(
     outputs: list[SpecOutput], posts: list[PostProcessing], expected: list[str]
 ) -> None:
     problems = check_post_processings(SIGNATURE, outputs, posts)
-    assert len(problems) == len(expected)
-    for problem, fragment in zip(problems, expected, strict=True):
-        assert fragment in problem
+    assert len(problems) == len(expected), problems
+    for (_field, reason), fragment in zip(problems, expected, strict=True):
+        assert fragment in reason
 
 
 def image_input(tensor_name: str = "image") -> Preprocessing:

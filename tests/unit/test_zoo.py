@@ -12,14 +12,15 @@ from engine.decode import decode_image
 from engine.model import SavedModel
 from engine.nms import iou_matrix
 from engine.preprocess import ImageMeta, map_box_to_original, preprocess
-from engine.validate import check_post_processings, validate_network
+from engine.validate import validate_network
 from engine.zoo import DEMO_MODELS, DemoModel
 from engine.zoo.digits import DIGITS, held_out
 from engine.zoo.faces import FACES, MAX_FACES
+from schemas.checks import check_post_processings
 
 # The astronaut's face in skimage.data.astronaut() (512x512), pixels (xmin, ymin, xmax, ymax): what the mtcnn
 # package's own pipeline answers, MTCNN().detect_faces(astronaut(), box_format="xyxy") with mtcnn 1.0.0,
-# checked by eye (hairline to chin, ear to ear). Derived outside our graph, so it checks the port.
+# checked by eye (forehead to chin, cheek to cheek). Derived outside our graph, so it checks the port.
 ASTRONAUT_FACE = (182.0, 64.0, 265.0, 171.0)
 
 
