@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from gateway.context import GatewayConfig
 from store.factory import open_store
 from store.port import Store
 from tests.models import build_box_detector, build_brightness_classifier, network_parts
+from tests.rabbitmq import SERVER, RabbitMQ
 
 API_KEY = "test-key-0123456789abcdef"
 OTHER_KEY = "other-key-0123456789abcdef"
@@ -111,3 +113,30 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         await service.stop(grace_s=5)
         await broker.close()
         await store.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ | None]:
+    """The node this session started, or None when PERCEPT_TEST_AMQP_URL names a broker we do not own.
+
+    Without either, skip on a laptop and fail in CI (env CI set): integration tests must not vanish there.
+    """
+    if os.environ.get("PERCEPT_TEST_AMQP_URL"):
+        yield None
+        return
+    if not SERVER.exists():
+        reason = f"no RabbitMQ: set PERCEPT_TEST_AMQP_URL or install rabbitmq-server ({SERVER})"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    node = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbitmq: RabbitMQ | None) -> str:
+    return rabbitmq.url if rabbitmq is not None else os.environ["PERCEPT_TEST_AMQP_URL"]

@@ -12,6 +12,11 @@ import socket
 import subprocess
 from pathlib import Path
 
+import aio_pika
+
+from broker.amqp import declare_topology
+from broker.topology import QUEUES
+
 SBIN = Path("/usr/lib/rabbitmq/bin")
 SERVER = SBIN / "rabbitmq-server"
 CTL = SBIN / "rabbitmqctl"
@@ -123,3 +128,14 @@ class RabbitMQ:
             self._epmd.terminate()
             self._epmd.wait(timeout=STOP_TIMEOUT)
             self._epmd = None
+
+
+async def purge_queues(url: str) -> None:
+    """Empty every work and dead-letter queue, declaring the topology first on a fresh broker."""
+    async with await aio_pika.connect_robust(url) as connection:
+        channel = await connection.channel()
+        await declare_topology(channel)
+        for spec in QUEUES:
+            for name in (spec.name, spec.dead_letter_queue):
+                queue = await channel.get_queue(name, ensure=False)
+                await queue.purge()

@@ -8,8 +8,7 @@ and so would not work against a broker given by PERCEPT_TEST_AMQP_URL.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aio_pika
@@ -19,46 +18,10 @@ from aio_pika.abc import AbstractIncomingMessage
 from broker.amqp import AmqpBroker
 from broker.memory import MemoryBroker
 from broker.port import Broker
-from broker.topology import QUEUES, queue_spec
-from tests.rabbitmq import SERVER, RabbitMQ
+from broker.topology import queue_spec
+from tests.rabbitmq import purge_queues
 
 WAIT = 10.0  # seconds; generous upper bound for anything a test waits on
-
-
-@pytest.fixture(scope="session")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ | None]:
-    """The node this session started, or None when PERCEPT_TEST_AMQP_URL names a broker we do not own.
-
-    Without either, skip on a laptop and fail in CI (env CI set): integration tests must not vanish there.
-    """
-    if os.environ.get("PERCEPT_TEST_AMQP_URL"):
-        yield None
-        return
-    if not SERVER.exists():
-        reason = f"no RabbitMQ: set PERCEPT_TEST_AMQP_URL or install rabbitmq-server ({SERVER})"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    node = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
-
-
-@pytest.fixture(scope="session")
-def rabbitmq_url(rabbitmq: RabbitMQ | None) -> str:
-    return rabbitmq.url if rabbitmq is not None else os.environ["PERCEPT_TEST_AMQP_URL"]
-
-
-async def purge_queues(url: str) -> None:
-    async with await aio_pika.connect(url) as connection:
-        channel = await connection.channel()
-        for spec in QUEUES:
-            for name in (spec.name, spec.dead_letter_queue):
-                queue = await channel.get_queue(name, ensure=False)
-                await queue.purge()
 
 
 @dataclass

@@ -13,10 +13,10 @@ from yarl import URL
 from broker.amqp import AmqpBroker
 from broker.port import BrokerUnavailable
 from broker.topology import DEAD_LETTER_EXCHANGE, DEPLOYMENT, EXCHANGE, INFERENCE
-from tests.broker.conftest import WAIT, purge_queues
+from tests.broker.conftest import WAIT
 from tests.broker.proxy import TcpProxy
 from tests.broker.test_contract import Inbox
-from tests.rabbitmq import free_port
+from tests.rabbitmq import free_port, purge_queues
 
 pytestmark = pytest.mark.rabbitmq
 

@@ -3,6 +3,7 @@ and a shared SQLite store."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import subprocess
@@ -17,6 +18,7 @@ import requests
 from tests.conftest import png
 from tests.e2e.conftest import free_port
 from tests.models import network_parts
+from tests.rabbitmq import purge_queues
 
 pytestmark = pytest.mark.rabbitmq
 KEY = "dist-key-0123456789abcdef"
@@ -24,6 +26,7 @@ KEY = "dist-key-0123456789abcdef"
 
 @pytest.fixture
 def cluster(tmp_path: Path, rabbitmq_url: str) -> Iterator[tuple[str, list[subprocess.Popen[bytes]], Path]]:
+    asyncio.run(purge_queues(rabbitmq_url))  # other suites share this broker
     port = free_port()
     env = {
         **os.environ,
