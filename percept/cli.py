@@ -22,6 +22,10 @@ async def _serve(settings: Settings, *, http: bool, consume: bool, demo: bool) -
 
     async with connections(settings) as (store, broker):
         await bootstrap_key(settings, store, create_dev_key=http and consume)
+        if not settings.broker_url:
+            from percept.recovery import recover_embedded
+
+            await recover_embedded(store, broker)
         service = None
         if consume:
             from consumers.service import ConsumerService

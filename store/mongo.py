@@ -46,9 +46,10 @@ def _stored(field: str) -> str:
     return "_id" if field == "id" else field
 
 
-def _matching(owners: Sequence[str], where: Mapping[str, JsonScalar]) -> dict[str, Any]:
+def _matching(owners: Sequence[str] | None, where: Mapping[str, JsonScalar]) -> dict[str, Any]:
     # `$and` keeps the owner scope even when `where` also names `owner`.
-    return {"$and": [{"owner": {"$in": list(owners)}}, *({_stored(f): v} for f, v in where.items())]}
+    scope = {} if owners is None else {"owner": {"$in": list(owners)}}
+    return {"$and": [scope, *({_stored(f): v} for f, v in where.items())]}
 
 
 def _loaded(collection: Collection[D], stored: Mapping[str, Any]) -> D:
@@ -134,6 +135,15 @@ class MongoStore(Store):
                 else []
             )
         return Page(count=count, items=[_loaded(collection, stored) for stored in found])
+
+    async def sweep(self, collection: Collection[D], *, where: Where, limit: int = 1000) -> list[D]:
+        check_page(0, limit)
+        query = _matching(None, check_where(collection, where))
+        with _reachable():
+            found = (
+                await self._db[collection.name].find(query).sort("seq", ASCENDING).limit(limit).to_list(None)
+            )
+        return [_loaded(collection, stored) for stored in found]
 
     async def update(
         self, collection: Collection[D], doc_id: str, *, owner: str, changes: Mapping[str, Any]

@@ -88,6 +88,10 @@ class Store(ABC):
         """Equality match on top-level fields; oldest inserted first."""
 
     @abstractmethod
+    async def sweep(self, collection: Collection[D], *, where: Where, limit: int = 1000) -> list[D]:
+        """Matches across every owner, oldest first: for maintenance at start-up, never for API reads."""
+
+    @abstractmethod
     async def update(
         self, collection: Collection[D], doc_id: str, *, owner: str, changes: Mapping[str, Any]
     ) -> D | None:

@@ -90,10 +90,10 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
 
 
-def _matching(owners: Sequence[str], where: Mapping[str, object]) -> tuple[str, list[object]]:
-    """A WHERE clause: one of `owners`, and each field equal (`IS`, so None matches JSON null)."""
-    clause = f"owner IN ({_marks(owners)})"
-    params: list[object] = list(owners)
+def _matching(owners: Sequence[str] | None, where: Mapping[str, object]) -> tuple[str, list[object]]:
+    """A WHERE clause: one of `owners` (None: any), and each field equal (`IS`, so None matches JSON null)."""
+    clause = "1 = 1" if owners is None else f"owner IN ({_marks(owners)})"
+    params: list[object] = [] if owners is None else list(owners)
     for field, value in where.items():
         clause += " AND json_extract(body, ?) IS ?"
         params += [f'$."{field}"', value]
@@ -187,6 +187,15 @@ class SqliteStore(Store):
             )
         items = [collection.model.model_validate_json(body) for (body,) in rows]
         return Page(count=next(iter(counted))[0], items=items)
+
+    async def sweep(self, collection: Collection[D], *, where: Where, limit: int = 1000) -> list[D]:
+        check_page(0, limit)
+        clause, params = _matching(None, check_where(collection, where))
+        async with self._transaction("BEGIN DEFERRED") as db:
+            rows = await db.execute_fetchall(
+                f"SELECT body FROM {_table(collection)} WHERE {clause} ORDER BY seq LIMIT ?", [*params, limit]
+            )
+        return [collection.model.model_validate_json(body) for (body,) in rows]
 
     async def update(
         self, collection: Collection[D], doc_id: str, *, owner: str, changes: Mapping[str, Any]

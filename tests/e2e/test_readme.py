@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def walkthrough() -> str:
     text = (ROOT / "README.md").read_text()
-    match = re.search(r"<!-- walkthrough:start -->\n```sh\n(.*?)```\n<!-- walkthrough:end -->", text, re.DOTALL)
+    match = re.search(
+        r"<!-- walkthrough:start -->\n```sh\n(.*?)```\n<!-- walkthrough:end -->", text, re.DOTALL
+    )
     assert match, "README lost its walk-through markers"
     return match.group(1)
 

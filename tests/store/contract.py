@@ -89,6 +89,14 @@ class StoreContract:
         assert await ids(id="2") == ["2"]
         assert await ids(kind="training") == []
 
+    async def test_sweep_matches_across_owners_in_insertion_order(self, store: Store) -> None:
+        await store.insert(TASKS, task("5", owner=BOB))
+        await store.insert(TASKS, task("4"))
+        await store.insert(TASKS, task("3", kind=TaskKind.DEPLOYMENT))
+        swept = await store.sweep(TASKS, where={"kind": "inference"})
+        assert [(doc.id, doc.owner) for doc in swept] == [("5", BOB), ("4", ALICE)]
+        assert [doc.id for doc in await store.sweep(TASKS, where={}, limit=1)] == ["5"]
+
     async def test_find_where_refuses_unknown_fields(self, store: Store) -> None:
         with pytest.raises(ValueError, match="statsu"):
             await store.find(TASKS, owners=[ALICE], where={"statsu": "pending"})

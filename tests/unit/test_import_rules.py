@@ -1,0 +1,52 @@
+"""Imports point one way (DESIGN.md §4), and the gateway never loads TensorFlow."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+OURS = {"schemas", "engine", "store", "broker", "gateway", "consumers", "percept", "tests", "bench"}
+ALLOWED = {
+    "schemas": set(),
+    "engine": {"schemas"},
+    "store": {"schemas"},
+    "broker": {"schemas"},
+    "gateway": {"schemas", "store", "broker"},
+    "consumers": {"schemas", "engine", "store", "broker"},
+    "percept": OURS - {"tests", "bench"},
+}
+
+
+def _imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names & OURS
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_packages_import_only_what_the_design_allows(package: str) -> None:
+    for path in sorted((ROOT / package).rglob("*.py")):
+        forbidden = _imported_packages(path) - ALLOWED[package] - {package}
+        assert not forbidden, f"{path.relative_to(ROOT)} imports {sorted(forbidden)}"
+
+
+def test_the_gateway_never_imports_tensorflow() -> None:
+    code = (
+        "import sys, gateway.app, percept.compose, broker.memory, store.sqlite; "
+        "loaded = [m for m in ('tensorflow', 'keras', 'engine.model') if m in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
