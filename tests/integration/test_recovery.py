@@ -50,4 +50,3 @@ async def test_recovery_requeues_deployments_and_ends_lost_jobs(tmp_path: Path) 
     finally:
         await broker.close()
         await store.close()
-
