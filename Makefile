@@ -35,8 +35,9 @@ rabbitmq:
 	  echo "installing rabbitmq-server (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; }
 
+## Start-up and latency of `percept serve` beside the raw engine (prints JSON).
 bench: $(STAMP)
-	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.serve_latency
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

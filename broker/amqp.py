@@ -91,13 +91,20 @@ class AmqpSubscription(Subscription):
         self._queue = queue
         self._consumer_tag = consumer_tag
         self._timeout = timeout
+        self._receiving_stopped = False
+
+    async def stop_receiving(self) -> None:
+        if self._channel.is_closed or self._receiving_stopped:
+            return
+        self._receiving_stopped = True
+        # While the connection is down this would wait for it; the broker has returned the deliveries anyway.
+        with contextlib.suppress(*FAILURES):
+            await self._queue.cancel(self._consumer_tag, timeout=self._timeout)
 
     async def cancel(self) -> None:
         if self._channel.is_closed:
             return
-        # While the connection is down this would wait for it; the broker has returned the deliveries anyway.
-        with contextlib.suppress(*FAILURES):
-            await self._queue.cancel(self._consumer_tag, timeout=self._timeout)
+        await self.stop_receiving()
         # basic.cancel keeps unacked deliveries on the channel; closing it hands them back to the queue.
         await self._channel.close()
 

@@ -86,6 +86,7 @@ class MemorySubscription(Subscription):
         self._prefetch = prefetch
         self._unacked: dict[MemoryDelivery, _Message] = {}  # in delivery order
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cancelled = False
 
     def has_room(self) -> bool:
         return len(self._unacked) < self._prefetch
@@ -111,10 +112,15 @@ class MemorySubscription(Subscription):
         except KeyError:
             raise BrokerError("delivery already settled, or its subscription was cancelled") from None
 
+    async def stop_receiving(self) -> None:
+        if self in self.queue.subscriptions:
+            self.queue.subscriptions.remove(self)
+
     async def cancel(self) -> None:
-        if self not in self.queue.subscriptions:
+        if self._cancelled:
             return
-        self.queue.subscriptions.remove(self)
+        self._cancelled = True
+        await self.stop_receiving()
         # Closing an AMQP channel ends its handler tasks too; a handler may cancel its own subscription.
         running = self._tasks - {asyncio.current_task()}
         for task in running:

@@ -34,8 +34,12 @@ Handler = Callable[[Delivery], Awaitable[None]]
 
 class Subscription(ABC):
     @abstractmethod
+    async def stop_receiving(self) -> None:
+        """No new deliveries; those already received can still be acked or rejected (graceful shutdown)."""
+
+    @abstractmethod
     async def cancel(self) -> None:
-        """Stop receiving; unacknowledged deliveries go back to the queue."""
+        """Stop receiving; deliveries not yet settled go back to the queue."""
 
 
 class Broker(ABC):

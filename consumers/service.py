@@ -81,11 +81,14 @@ class ConsumerService:
     async def stop(self, *, grace_s: float = 30.0) -> None:
         """Stop taking jobs, let in-flight ones finish (or go back to the queue), then release everything."""
         for subscription in self._subscriptions:
-            await subscription.cancel()
+            await subscription.stop_receiving()
         if self._in_flight:
             _, pending = await asyncio.wait(set(self._in_flight), timeout=grace_s)
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for subscription in self._subscriptions:
+            await subscription.cancel()  # whatever did not finish in time goes back to the queue
         for loop_task in self._loops:
             loop_task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)

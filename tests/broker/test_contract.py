@@ -180,3 +180,22 @@ async def test_unknown_queue_is_an_error(broker: Broker) -> None:
         await broker.publish("percept.nope", b"{}", message_id="m1")
     with pytest.raises(BrokerError, match="unknown queue"):
         await broker.queue_depth("percept.nope")
+
+
+async def test_stop_receiving_keeps_received_deliveries_settleable(broker: Broker) -> None:
+    received: list[Delivery] = []
+    arrived = asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        received.append(delivery)
+        arrived.set()
+
+    subscription = await broker.consume(INFERENCE.name, handler, prefetch=1)
+    await broker.publish(INFERENCE.name, b"first", message_id="1")
+    await broker.publish(INFERENCE.name, b"second", message_id="2")
+    await asyncio.wait_for(arrived.wait(), WAIT)
+    await subscription.stop_receiving()
+    await received[0].ack()  # still possible after the subscription stopped receiving
+    await subscription.cancel()
+    assert [delivery.body for delivery in received] == [b"first"]
+    assert await broker.queue_depth(INFERENCE.name) == 1
