@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from gateway.errors import InvalidInput, UnsupportedMediaType
+from gateway.context import CONFIG
+from gateway.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from gateway.unflatten import unflatten
 
 
@@ -41,17 +42,29 @@ def _text_value(raw: bytes, content_type: str | None, name: str) -> Any:
     return text
 
 
+async def _read_part(part: BodyPartReader, budget: int) -> bytes:
+    """The part's bytes, refusing to hold more than `budget` (the multipart reader has no size cap)."""
+    chunks = bytearray()
+    while chunk := await part.read_chunk(256 * 1024):
+        chunks += chunk
+        if len(chunks) > budget:
+            raise PayloadTooLarge(f"request body is larger than the limit of {budget} bytes", field="body")
+    return bytes(chunks)
+
+
 async def _read_multipart(request: web.Request) -> Body:
     reader = await request.multipart()
     pairs: list[tuple[str, Any]] = []
     files: dict[str, bytes] = {}
+    budget = request.app[CONFIG].max_request_bytes
     async for part in reader:
         if not isinstance(part, BodyPartReader):
             raise InvalidInput("nested multipart bodies are not supported")
         name = part.name
         if not name:
             raise InvalidInput("every multipart part needs a name")
-        raw = bytes(await part.read())
+        raw = await _read_part(part, budget)
+        budget -= len(raw)
         if part.filename is not None:
             files[name] = raw
         else:

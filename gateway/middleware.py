@@ -26,7 +26,8 @@ def _as_api_error(error: web.HTTPException) -> ApiError:
         return NotFound("no such endpoint; the API lives under /v0.7/ (see /openapi.json)", field="path")
     if isinstance(error, web.HTTPMethodNotAllowed):
         return MethodNotAllowed(
-            f"method {error.method} is not allowed here; allowed: {', '.join(sorted(error.allowed_methods))}"
+            f"{error.method} is not allowed here; allowed: {', '.join(sorted(error.allowed_methods))}",
+            field="method",
         )
     if isinstance(error, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge(error.text or "request body too large", field="body")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.context import CONFIG
 from tests.conftest import Stack, png
 
 
@@ -168,3 +170,17 @@ async def test_wrong_input_tensor_name_fails_deployment(stack: Stack, tiny_model
     )
     task = await stack.wait_task(network["task_id"])
     assert task["status"] == "error" and "pixels" in task["error"]
+
+
+async def test_oversized_multipart_is_413_and_wrong_method_405(stack: Stack) -> None:
+    from aiohttp import FormData
+
+    limit = stack.client.app[CONFIG].max_request_bytes  # type: ignore[index]
+    form = FormData()
+    big = io.BytesIO(b"\xff\xd8\xff" + b"0" * (limit + 1))
+    form.add_field("inputs[0]image.source", big, filename="big.jpg", content_type="image/jpeg")
+    response = await stack.client.post("/v0.7/recognition/specs/", data=form, headers=stack.headers())
+    error = await _error(response, 413)
+    assert error["field"] == "body"
+    error = await _error(await stack.client.delete("/v0.7/tasks/", headers=stack.headers()), 405)
+    assert error["field"] == "method"
