@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +227,26 @@ async def test_task_list_pages_keep_repeated_ids(stack: Stack, tiny_models: dict
     assert page["count"] == 3 and [t["id"] for t in page["results"]] == ids[:2]
     assert page["next"].startswith("http") and page["next"].count("task_ids=") == 3
     assert page["prev"] is None and page["previous"] is None
+
+
+async def test_mean_file_is_subtracted(stack: Stack, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    import io as _io
+
+    import numpy as np
+
+    folder = tmp_path / "with-mean"
+    shutil.copytree(tiny_models["brightness"], folder)
+    buffer = _io.BytesIO()
+    np.save(buffer, np.array([0.5, 0.5, 0.5], dtype=np.float32))
+    (folder / "mean.npy").write_bytes(buffer.getvalue())
+    network = await stack.upload_network(
+        folder, target_size="16x16", extra={"preprocessing.inputs[0]image.mean_file": "mean.npy"}
+    )
+    assert (await stack.wait_task(network["task_id"]))["status"] == "success"
+    white = base64.b64encode(png((255, 255, 255))).decode()
+    task = await _infer(
+        stack,
+        f"/v0.7/networks/{network['id']}/inference",
+        {"inputs": [{"image": {"source": white}}], "output_layers": ["mean"]},
+    )
+    assert task["data"]["tensors"][0]["data"][0] == pytest.approx(0.5)  # 1.0 minus the mean
