@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
+from gateway.archives import GRAPH_FILES, is_archive, unpack_saved_model
 from gateway.errors import InvalidInput
 
 _VARIABLES = re.compile(r"^variables\.(index|data-\d{5}-of-\d{5})$")
 _SAFE_SEGMENT = re.compile(r"^[\w.+-]+$")
-GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 def saved_model_path(part_name: str) -> str:
@@ -24,11 +24,23 @@ def saved_model_path(part_name: str) -> str:
     return name
 
 
-def layout(parts: dict[str, bytes], *, mean_file: str | None) -> dict[str, bytes]:
-    files = {saved_model_path(name): data for name, data in parts.items()}
+def layout(parts: dict[str, bytes], *, mean_file: str | None, max_bytes: int) -> dict[str, bytes]:
+    """The SavedModel folder: loose files as the official client sends them, or one archive of the folder."""
+    archives = [name for name in parts if is_archive(name)]
+    if len(archives) > 1:
+        raise InvalidInput("upload at most one archive per network", field=archives[1])
+    files = {saved_model_path(name): data for name, data in parts.items() if not is_archive(name)}
+    if archives:
+        unpacked = unpack_saved_model(archives[0], parts[archives[0]], max_bytes=max_bytes)
+        clashes = sorted(set(unpacked) & set(files))
+        if clashes:
+            raise InvalidInput("given both inside the archive and as a file part", field=clashes[0])
+        files |= {saved_model_path(path): data for path, data in unpacked.items()}
     if not any(name in files for name in GRAPH_FILES):
         raise InvalidInput(
-            "upload the SavedModel graph as a file part named saved_model.pb", field="saved_model.pb"
+            "upload the SavedModel graph as a file part named saved_model.pb, "
+            "or the SavedModel folder as one .tar.gz or .zip",
+            field="saved_model.pb",
         )
     if mean_file is not None:
         if mean_file not in files:

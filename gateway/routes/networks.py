@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from broker.topology import DEPLOYMENT
 from gateway import render
 from gateway.bodies import read_body
-from gateway.context import STORE, owner_of
+from gateway.context import CONFIG, STORE, owner_of
 from gateway.errors import InvalidInput, NotFound
 from gateway.network_files import layout
 from gateway.pagination import page_body, page_params
@@ -45,7 +47,12 @@ async def create_network(request: web.Request) -> web.Response:
     fields = dict(body.fields)
     fields.pop("files", None)
     created = parse(NetworkCreate, fields)
-    files = layout(body.files, mean_file=created.preprocessing.inputs[0].image.mean_file)
+    files = await asyncio.to_thread(
+        layout,
+        body.files,
+        mean_file=created.preprocessing.inputs[0].image.mean_file,
+        max_bytes=request.app[CONFIG].max_request_bytes * 4,
+    )
     store = request.app[STORE]
     owner = owner_of(request)
     network_id = await store.next_id("networks")

@@ -250,3 +250,30 @@ async def test_mean_file_is_subtracted(stack: Stack, tiny_models: dict[str, Path
         {"inputs": [{"image": {"source": white}}], "output_layers": ["mean"]},
     )
     assert task["data"]["tensors"][0]["data"][0] == pytest.approx(0.5)  # 1.0 minus the mean
+
+
+async def test_network_uploaded_as_one_archive(
+    stack: Stack, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    import tarfile
+
+    from aiohttp import FormData
+
+    archive = tmp_path / "brightness.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny_models["brightness"], arcname="export/1")
+    form = FormData()
+    for key, value in {
+        "name": "archived",
+        "framework": "tensorflow-1.x",
+        "preprocessing.inputs[0]tensor_name": "image",
+        "preprocessing.inputs[0]image.target_size": "16x16",
+        "preprocessing.inputs[0]image.pixel_scaling": "1.0",
+    }.items():
+        form.add_field(key, value)
+    form.add_field(
+        "model.tar.gz", archive.read_bytes(), filename="model.tar.gz", content_type="application/gzip"
+    )
+    response = await stack.client.post("/v0.7/networks/", data=form, headers=stack.headers())
+    assert response.status == 201, await response.text()
+    assert (await stack.wait_task((await response.json())["task_id"]))["status"] == "success"
