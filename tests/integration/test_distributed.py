@@ -16,9 +16,8 @@ import pytest
 import requests
 
 from tests.conftest import png
-from tests.e2e.conftest import free_port
 from tests.models import network_parts
-from tests.rabbitmq import purge_queues
+from tests.rabbitmq import free_port, purge_queues
 
 pytestmark = pytest.mark.rabbitmq
 KEY = "dist-key-0123456789abcdef"
