@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.decoders.anchored import anchored_detections
+from engine.decoders.yolo import yolo_detections
 from engine.errors import ModelError
 from engine.nms import nms
 from engine.preprocess import ImageMeta, map_boxes_to_original
@@ -110,19 +112,8 @@ def _detect(
     meta: ImageMeta,
     show_discarded: bool,
 ) -> list[_Candidate]:
-    assert post.direct_output is not None
-    boxes_name, scores_name = post.direct_output.boxes_tensor, post.direct_output.scores_tensor
-    boxes, scores = _tensor(tensors, boxes_name), _tensor(tensors, scores_name)
-    if boxes.ndim == 0 or boxes.shape[-1] != 4:
-        raise ModelError(f"boxes tensor {boxes_name!r} has shape {list(boxes.shape)}; it needs [N, 4]")
-    rows = boxes.size // 4
-    if scores.size != rows * count:
-        raise ModelError(
-            f"scores tensor {scores_name!r} has shape {list(scores.shape)}; with {rows} boxes and {count} "
-            f"labels it needs [{rows}, {count}]"
-        )
+    boxes, scores = _decode(tensors, post, count)
     mapped = map_boxes_to_original(boxes, meta)
-    scores = scores.astype(np.float64).reshape(rows, count)
     # Boxes the model padded with, or that fall wholly outside the image (FILL's padding), are no objects.
     usable = np.isfinite(mapped).all(axis=1) & (mapped[:, 2] > mapped[:, 0]) & (mapped[:, 3] > mapped[:, 1])
     candidates: list[_Candidate] = []
@@ -136,6 +127,35 @@ def _detect(
             xmin, ymin, xmax, ymax = (float(value) for value in mapped[row])
             candidates.append(_Candidate(float(column[row]), label, (xmin, ymin, xmax, ymax)))
     return candidates
+
+
+def _decode(
+    tensors: Mapping[str, np.ndarray], post: DetectionPostProcessing, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes `[N, 4]` (xmin, ymin, xmax, ymax) normalized on the network input, and scores `[N, count]`."""
+    if post.anchored_output is not None:
+        anchored = post.anchored_output
+        return anchored_detections(
+            _tensor(tensors, anchored.anchors_tensor),
+            _tensor(tensors, anchored.offsets_tensor),
+            _tensor(tensors, anchored.scores_tensor),
+            anchored,
+            count,
+        )
+    if post.yolo_output is not None:
+        return yolo_detections(_tensor(tensors, post.yolo_output.output_tensor), post.yolo_output, count)
+    assert post.direct_output is not None
+    boxes_name, scores_name = post.direct_output.boxes_tensor, post.direct_output.scores_tensor
+    boxes, scores = _tensor(tensors, boxes_name), _tensor(tensors, scores_name)
+    if boxes.ndim == 0 or boxes.shape[-1] != 4:
+        raise ModelError(f"boxes tensor {boxes_name!r} has shape {list(boxes.shape)}; it needs [N, 4]")
+    rows = boxes.size // 4
+    if scores.size != rows * count:
+        raise ModelError(
+            f"scores tensor {scores_name!r} has shape {list(scores.shape)}; with {rows} boxes and {count} "
+            f"labels it needs [{rows}, {count}]"
+        )
+    return boxes.reshape(rows, 4), scores.astype(np.float64).reshape(rows, count)
 
 
 def _predictions(

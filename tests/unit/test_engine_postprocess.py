@@ -1,4 +1,4 @@
-"""recognize and raw_tensors: thresholds, ordering, caps, NMS per label, boxes mapped to the original."""
+"""recognize and raw_tensors: thresholds, ordering, caps, NMS per label, boxes mapped back, the decoders."""
 
 from __future__ import annotations
 
@@ -262,3 +262,113 @@ def test_raw_tensors() -> None:
         raw_tensors({"a": np.zeros(1)}, ["z"])
     with pytest.raises(ModelError, match="not numbers"):
         raw_tensors({"s": np.array([b"x"])}, ["s"])
+
+
+def softmax_rows(logits: np.ndarray) -> np.ndarray:
+    exps = np.exp(logits)
+    result: np.ndarray = exps / exps.sum(axis=1, keepdims=True)
+    return result
+
+
+# Anchors (ymin, xmin, ymax, xmax) and offsets (ty, tx, th, tw) that decode, with scale factors
+# (10, 10, 5, 5), to BOXES' A, A' and B: A' widens its anchor twice (tw = 5 ln 2); B moves its anchor down by
+# a third of its height (ty = 10 / 3).
+ANCHORS = np.array([[0.1, 0.1, 0.5, 0.5], [0.1, 0.22, 0.5, 0.42], [0.5, 0.6, 0.8, 0.9]])
+OFFSETS = np.array([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5 * np.log(2.0)], [10 / 3, 0.0, 0.0, 0.0]])
+LOGITS = np.array([[0.0, 4.0, -2.0, 1.0], [0.0, 3.0, -2.0, 3.5], [0.0, -2.0, 5.0, -2.0]])  # background first
+
+
+def anchored_detection() -> PostProcessing:
+    return PostProcessing.model_validate(
+        {
+            "detection": {
+                "thresholds": [0.5, 0.5, 0.5],
+                "anchored_output": {
+                    "anchors_tensor": "anchors",
+                    "offsets_tensor": "offsets",
+                    "scores_tensor": "logits",
+                    "background_class": True,
+                    "score_activation": "softmax",
+                },
+            }
+        }
+    )
+
+
+def test_anchored_output_end_to_end() -> None:
+    tensors = {"anchors": ANCHORS[None], "offsets": OFFSETS, "logits": LOGITS.astype(np.float32)}
+    labels = (
+        recognize(
+            tensors,
+            meta_for(),
+            [output("BBOX")],
+            [anchored_detection()],
+            show_discarded=True,
+            max_predictions=10,
+        )
+        .outputs[0]
+        .labels
+    )
+    probabilities = softmax_rows(LOGITS)
+    # cat: A beats A'; bird: A' beats A (NMS per label); dog: B. The background column is never a label.
+    expected = [("dog", probabilities[2, 2]), ("cat", probabilities[0, 1]), ("bird", probabilities[1, 3])]
+    assert named_scores(labels.predicted) == [(name, round(score, 6)) for name, score in expected]
+    assert box_of(labels.predicted[0]) == pytest.approx((0.6, 0.6, 0.9, 0.9))
+    assert box_of(labels.predicted[1]) == pytest.approx((0.1, 0.1, 0.5, 0.5))
+    assert box_of(labels.predicted[2]) == pytest.approx((0.12, 0.1, 0.52, 0.5))
+    # Under threshold and not suppressed: cat on B, dog on A (A' is its near-duplicate), bird on B.
+    assert sorted(p.label_name for p in labels.discarded) == ["bird", "cat", "dog"]
+
+
+def yolo_detection() -> PostProcessing:
+    yolo = {"output_tensor": "grid", "anchors": [[8, 8]], "stride": 8, "version": "v3"}
+    return PostProcessing.model_validate({"detection": {"thresholds": [0.5, 0.5, 0.5], "yolo_output": yolo}})
+
+
+def yolo_grid() -> np.ndarray:
+    """4 x 4 cells of 8 pixels, one 8 x 8 pixel anchor, 3 labels: (tx, ty, tw, th, objectness, 3 logits)."""
+    grid = np.full((4, 4, 8), -10.0)
+    grid[1, 1] = [0, 0, np.log(2), np.log(2), 10, 10, -10, -10]  # cat, centre (1.5, 1.5) / 4, 16 x 16 pixels
+    grid[1, 2] = [-10, 0, np.log(2), np.log(2), 2, 10, -10, -10]  # cat again, IoU 0.6 with the first
+    grid[3, 3] = [0, 0, 0, 0, 10, -10, 0, -10]  # dog at 0.5: just under its threshold
+    return grid
+
+
+def test_yolo_output_end_to_end() -> None:
+    result = recognize(
+        {"grid": yolo_grid().astype(np.float32)},
+        meta_for(),
+        [output("BBOX")],
+        [yolo_detection()],
+        show_discarded=True,
+        max_predictions=1,
+    )
+    labels = result.outputs[0].labels
+    assert [p.label_name for p in labels.predicted] == ["cat"]
+    assert labels.predicted[0].score == pytest.approx(1 / (1 + np.exp(-10)) ** 2)
+    assert box_of(labels.predicted[0]) == pytest.approx((0.125, 0.125, 0.625, 0.625))
+    dog = labels.discarded[0]  # the best under-threshold candidate; the second cat box was suppressed
+    assert dog.label_name == "dog"
+    assert box_of(dog) == pytest.approx((0.75, 0.75, 1.0, 1.0))
+    assert dog.score == pytest.approx(0.5 / (1 + np.exp(-10)))
+
+
+def test_decoder_shape_errors_reach_the_caller() -> None:
+    with pytest.raises(ModelError, match=r"YOLO tensor 'grid' has shape \[4, 4, 9\]"):
+        recognize(
+            {"grid": np.zeros((4, 4, 9))},
+            meta_for(),
+            [output("BBOX")],
+            [yolo_detection()],
+            show_discarded=False,
+            max_predictions=5,
+        )
+    with pytest.raises(ModelError, match="'offsets' is missing"):
+        recognize(
+            {"anchors": ANCHORS, "logits": LOGITS},
+            meta_for(),
+            [output("BBOX")],
+            [anchored_detection()],
+            show_discarded=False,
+            max_predictions=5,
+        )
