@@ -4,6 +4,11 @@ Topology is declared through the publisher's robust channel. aio-pika records ev
 replays it inside the channel's restore, before the channel reports ready, on every reconnect. We rely on
 that rather than on `reconnect_callbacks`, because those run only after every channel has been restored (a
 consumer channel would first meet a missing queue) and their exceptions are logged and dropped.
+
+Events use a channel of their own without publisher confirms, so a lost event never holds up a publish.
+A subscriber's queue outlives a dropped connection (see topology.EVENTS_QUEUE_ARGUMENTS): events published
+while it reconnects wait there, and the robust channel consumes from it again once it is back. A broker
+restart loses the queue (it is not durable) and the events of that gap; the restore declares it anew.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -24,8 +30,25 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from broker.port import Broker, BrokerError, BrokerUnavailable, Delivery, Handler, Subscription
-from broker.topology import DEAD_LETTER_EXCHANGE, EXCHANGE, QUEUES, QueueSpec, queue_spec
+from broker.port import (
+    Broker,
+    BrokerError,
+    BrokerUnavailable,
+    Delivery,
+    EventHandler,
+    Handler,
+    Subscription,
+)
+from broker.topology import (
+    DEAD_LETTER_EXCHANGE,
+    EVENTS_EXCHANGE,
+    EVENTS_QUEUE_ARGUMENTS,
+    EVENTS_QUEUE_PREFIX,
+    EXCHANGE,
+    QUEUES,
+    QueueSpec,
+    queue_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +56,9 @@ log = logging.getLogger(__name__)
 FAILURES = (*CONNECTION_EXCEPTIONS, TimeoutError)
 # aio-pika's default is 5 s; a consumer or gateway should be back sooner after a broker restart.
 RECONNECT_INTERVAL = 1.0
+# Events are best effort: while the broker is away a publisher gives up on one this soon, because it
+# publishes them on the way to acknowledging finished jobs.
+EVENT_PUBLISH_TIMEOUT = 1.0
 
 
 def _spec(queue: str) -> QueueSpec:
@@ -46,8 +72,13 @@ async def _declare_work_queue(channel: AbstractRobustChannel, spec: QueueSpec) -
     return await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
 
 
+async def _declare_events_exchange(channel: AbstractRobustChannel) -> AbstractExchange:
+    return await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+
+
 async def declare_topology(channel: AbstractRobustChannel) -> AbstractExchange:
     """Declare exchanges, work queues and dead-letter queues; returns the work exchange."""
+    await _declare_events_exchange(channel)
     exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
     dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
     for spec in QUEUES:
@@ -109,6 +140,17 @@ class AmqpSubscription(Subscription):
         await self._channel.close()
 
 
+class AmqpEventSubscription(AmqpSubscription):
+    async def cancel(self) -> None:
+        if self._channel.is_closed:
+            return
+        await self.stop_receiving()
+        # The queue would expire on its own; deleting it now stops events piling up for nobody meanwhile.
+        with contextlib.suppress(*FAILURES):
+            await self._queue.delete(if_unused=False, if_empty=False, timeout=self._timeout)
+        await self._channel.close()
+
+
 class AmqpBroker(Broker):
     def __init__(self, url: str, *, publish_timeout: float = 5.0) -> None:
         self._url = url
@@ -116,6 +158,8 @@ class AmqpBroker(Broker):
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._events_channel: AbstractRobustChannel | None = None
+        self._events: AbstractExchange | None = None
 
     async def start(self) -> None:
         try:
@@ -127,6 +171,9 @@ class AmqpBroker(Broker):
             async with asyncio.timeout(self._timeout):
                 self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._exchange = await declare_topology(self._channel)
+                self._events_channel = await self._connection.channel(publisher_confirms=False)
+                # Declared on this channel too, so its restore never depends on the publisher channel's.
+                self._events = await _declare_events_exchange(self._events_channel)
         except FAILURES as exc:
             await self.close()
             raise BrokerUnavailable(f"cannot reach RabbitMQ: {exc!r}") from exc
@@ -135,6 +182,7 @@ class AmqpBroker(Broker):
         if self._connection is not None:
             await self._connection.close()
         self._connection = self._channel = self._exchange = None
+        self._events_channel = self._events = None
 
     def _connected(self) -> tuple[AbstractRobustConnection, AbstractRobustChannel, AbstractExchange]:
         if self._connection is None or self._channel is None or self._exchange is None:
@@ -192,6 +240,46 @@ class AmqpBroker(Broker):
         except FAILURES as exc:
             raise BrokerUnavailable(f"cannot consume from {queue}: {exc!r}") from exc
         return AmqpSubscription(channel, work, tag, self._timeout)
+
+    async def publish_event(self, body: bytes) -> None:
+        if self._events_channel is None or self._events is None:
+            log.warning("broker_event_dropped reason=not_started")
+            return
+        message = aio_pika.Message(
+            body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT
+        )
+        try:
+            async with asyncio.timeout(EVENT_PUBLISH_TIMEOUT):
+                await self._events_channel.ready()
+                await self._events.publish(message, routing_key="")
+        except Exception as exc:
+            # Best effort by contract: subscribers fall back on their own deadlines.
+            log.warning("broker_event_dropped error=%r", exc)
+
+    async def subscribe_events(self, handler: EventHandler) -> Subscription:
+        connection, _, _ = self._connected()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                await handler(message.body)
+            except Exception:
+                log.exception("broker_event_handler_failed")
+
+        try:
+            async with asyncio.timeout(self._timeout):
+                channel = await connection.channel(publisher_confirms=False)
+                exchange = await _declare_events_exchange(channel)
+                # A name of our own, so the channel's restore declares the same queue again after a reconnect
+                # and finds the events that arrived meanwhile.
+                queue = await channel.declare_queue(
+                    EVENTS_QUEUE_PREFIX + uuid.uuid4().hex, arguments=EVENTS_QUEUE_ARGUMENTS
+                )
+                await queue.bind(exchange, routing_key="")
+                # no_ack: an event is a hint, not work; nothing is gained by redelivering it.
+                tag = await queue.consume(on_message, no_ack=True)
+        except FAILURES as exc:
+            raise BrokerUnavailable(f"cannot subscribe to events: {exc!r}") from exc
+        return AmqpEventSubscription(channel, queue, tag, self._timeout)
 
     @asynccontextmanager
     async def _inspection_channel(self) -> AsyncIterator[AbstractRobustChannel]:

@@ -3,7 +3,8 @@
 Same topology (broker.topology.QUEUES), per-subscription prefetch, delivery counting and dead-lettering
 after `delivery_limit` deliveries. A delivery returned by reject(requeue=True) or by a cancelled subscription
 counts, as in a quorum queue. Messages live in memory only: jobs queued when the process stops are lost,
-so the embedded service must re-enqueue pending tasks from its store on start.
+so the embedded service must re-enqueue pending tasks from its store on start. Events reach the subscribers
+of this process only, which in the embedded service are all of them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.port import Broker, BrokerError, BrokerUnavailable, Delivery, Handler, Subscription
+from broker.port import (
+    Broker,
+    BrokerError,
+    BrokerUnavailable,
+    Delivery,
+    EventHandler,
+    Handler,
+    Subscription,
+)
 from broker.topology import QUEUES, QueueSpec
 
 log = logging.getLogger(__name__)
@@ -134,9 +143,30 @@ class MemorySubscription(Subscription):
         self.queue.dispatch()
 
 
+class MemoryEventSubscription(Subscription):
+    def __init__(self, subscribers: list[MemoryEventSubscription], handler: EventHandler) -> None:
+        self._subscribers = subscribers
+        self._handler = handler
+
+    async def receive(self, body: bytes) -> None:
+        try:
+            await self._handler(body)
+        except Exception:
+            # As with RabbitMQ, a failing subscriber neither stops the others nor reaches the publisher.
+            log.exception("broker_event_handler_failed")
+
+    async def stop_receiving(self) -> None:
+        if self in self._subscribers:
+            self._subscribers.remove(self)
+
+    async def cancel(self) -> None:
+        await self.stop_receiving()
+
+
 class MemoryBroker(Broker):
     def __init__(self) -> None:
         self._queues = {spec.name: _Queue(spec) for spec in QUEUES}
+        self._event_subscribers: list[MemoryEventSubscription] = []
         self._open = False
 
     def _queue(self, name: str) -> _Queue:
@@ -153,6 +183,7 @@ class MemoryBroker(Broker):
         for queue in self._queues.values():
             for subscription in list(queue.subscriptions):
                 await subscription.cancel()
+        self._event_subscribers.clear()
 
     async def publish(
         self,
@@ -182,3 +213,17 @@ class MemoryBroker(Broker):
 
     async def dead_letters(self, queue: str) -> list[bytes]:
         return [message.body for message in self._queue(queue).dead]
+
+    async def publish_event(self, body: bytes) -> None:
+        if not self._open:
+            log.warning("broker_event_dropped reason=not_started")
+            return
+        # Handlers run inline, one after the other: they are short by contract, and the event has reached
+        # every subscriber when this returns, which keeps the embedded service's ordering simple.
+        for subscriber in list(self._event_subscribers):
+            await subscriber.receive(body)
+
+    async def subscribe_events(self, handler: EventHandler) -> Subscription:
+        subscription = MemoryEventSubscription(self._event_subscribers, handler)
+        self._event_subscribers.append(subscription)
+        return subscription

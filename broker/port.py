@@ -1,4 +1,9 @@
-"""The broker port. Consumers receive deliveries through a handler and own their fate (ack or reject)."""
+"""The broker port. Consumers receive deliveries through a handler and own their fate (ack or reject).
+
+Besides work queues, the broker carries events: small notices fanned out to every current subscriber, with
+no persistence and no acknowledgement. An event can be lost (a broker restart, a subscriber that is away),
+so events may only speed things up (wake a long poll), never carry state that exists nowhere else.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ class Delivery(ABC):
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+EventHandler = Callable[[bytes], Awaitable[None]]
 
 
 class Subscription(ABC):
@@ -72,3 +78,15 @@ class Broker(ABC):
     @abstractmethod
     async def dead_letters(self, queue: str) -> list[bytes]:
         """Bodies in the queue's dead-letter queue, for inspection and tests (does not consume them)."""
+
+    @abstractmethod
+    async def publish_event(self, body: bytes) -> None:
+        """Hand an event to every current subscriber, best effort: never raises, failures are logged."""
+
+    @abstractmethod
+    async def subscribe_events(self, handler: EventHandler) -> Subscription:
+        """Receive every event published from now on (and again after a reconnect) until cancelled.
+
+        Returns once the subscription is in place. The handler must not block for long; its exceptions are
+        logged and dropped.
+        """

@@ -3,6 +3,9 @@
 Every work queue is a durable quorum queue on the direct exchange `percept`, bound with its own name as
 routing key. A message is dead-lettered (to `<name>.dead`, a durable classic queue bound on the direct
 exchange `percept.dead`) when it is rejected without requeue or after `delivery_limit` deliveries.
+
+Events (a task finished) are not work: they go to the fanout exchange `percept.events`, non-persistent, and
+each subscriber (one per gateway process) reads them from its own transient queue.
 """
 
 from __future__ import annotations
@@ -12,6 +15,13 @@ from typing import Any
 
 EXCHANGE = "percept"
 DEAD_LETTER_EXCHANGE = "percept.dead"
+EVENTS_EXCHANGE = "percept.events"
+EVENTS_QUEUE_PREFIX = "percept.events."  # + a random suffix, one queue per subscriber
+# Arguments of a subscriber's queue. Not exclusive: after a network cut the server may still hold the old
+# connection while the client reconnects, and redeclaring an exclusive queue would then fail with
+# RESOURCE_LOCKED. Instead a queue nobody consumes from expires, so a crashed subscriber leaves nothing
+# behind for long, and a length cap bounds what piles up meanwhile.
+EVENTS_QUEUE_ARGUMENTS: dict[str, Any] = {"x-expires": 60_000, "x-max-length": 10_000}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from broker.port import Broker
+from gateway.waiters import TaskWaiters
 from store.port import Store
 
 
@@ -20,6 +21,7 @@ class GatewayConfig:
 STORE = web.AppKey("store", Store)
 BROKER = web.AppKey("broker", Broker)
 CONFIG = web.AppKey("config", GatewayConfig)
+WAITERS = web.AppKey("waiters", TaskWaiters)  # long polls on tasks
 OWNER = web.RequestKey("owner", str)  # the tenant the API key belongs to
 
 

@@ -80,6 +80,13 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
     ("get", f"{_V}/tasks/", "Several tasks: ?task_ids=1&task_ids=2", None, None),
 ]
 
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "Long poll: answer as soon as the task(s) finish, or after this many seconds (0-60).",
+    "schema": {"type": "number", "minimum": 0, "maximum": 60},
+}
 _ERROR = {
     "description": "Error: `error` and `detail` give the reason, `field` the field at fault",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -115,10 +122,13 @@ def openapi_document() -> dict[str, Any]:
             "security": [{"ApiKey": []}],
             "responses": {"200": {"description": "OK"}, "4XX": _ERROR},
         }
+        parameters: list[dict[str, Any]] = []
         if "{id}" in path:
-            operation["parameters"] = [
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-            ]
+            parameters.append({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}})
+        if path.startswith(f"{_V}/tasks/"):
+            parameters.append(_WAIT)
+        if parameters:
+            operation["parameters"] = parameters
         if request is not None:
             media = "multipart/form-data" if request is NetworkCreate else "application/json"
             operation["requestBody"] = {"required": True, "content": {media: {"schema": _ref(request)}}}

@@ -66,3 +66,13 @@ class DeploymentJob(BaseModel):
 
 
 Job = Annotated[InferenceJob | DeploymentJob, Field(discriminator="kind")]
+
+
+class TaskEvent(BaseModel):
+    """Published after tasks reached a terminal state and were stored; wakes long polls on every gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    kind: Literal["tasks_finished"] = "tasks_finished"
+    task_ids: list[str]

@@ -10,12 +10,12 @@ import aio_pika
 import pytest
 from yarl import URL
 
-from broker.amqp import AmqpBroker
+from broker.amqp import EVENT_PUBLISH_TIMEOUT, AmqpBroker
 from broker.port import BrokerUnavailable
 from broker.topology import DEAD_LETTER_EXCHANGE, DEPLOYMENT, EXCHANGE, INFERENCE
 from tests.broker.conftest import WAIT
 from tests.broker.proxy import TcpProxy
-from tests.broker.test_contract import Inbox
+from tests.broker.test_contract import EventInbox, Inbox
 from tests.rabbitmq import free_port, purge_queues
 
 pytestmark = pytest.mark.rabbitmq
@@ -91,3 +91,38 @@ async def test_start_and_publish_fail_fast_without_a_broker() -> None:
     with pytest.raises(BrokerUnavailable):
         await broker.publish(INFERENCE.name, b"{}", message_id="m1")
     assert time.monotonic() - started < 3
+
+
+async def test_event_subscription_is_restored_after_the_connection_drops(
+    rabbitmq_url: str, proxy: TcpProxy
+) -> None:
+    subscriber, publisher = AmqpBroker(via(proxy, rabbitmq_url)), AmqpBroker(rabbitmq_url)
+    await subscriber.start()
+    await publisher.start()
+    inbox = EventInbox()
+    subscription = await subscriber.subscribe_events(inbox)
+    await publisher.publish_event(b"before")
+    assert await inbox.next() == b"before"
+
+    proxy.drop()
+    await asyncio.wait_for(proxy.wait_accepted(2), WAIT)
+    # The subscriber's queue outlived the cut: published before its consumer is back, the event waits there.
+    await publisher.publish_event(b"after")
+    assert await inbox.next() == b"after"
+
+    await subscription.cancel()
+    await publisher.close()
+    await subscriber.close()
+
+
+async def test_publish_event_gives_up_quickly_when_the_broker_goes_away(
+    rabbitmq_url: str, proxy: TcpProxy
+) -> None:
+    broker = AmqpBroker(via(proxy, rabbitmq_url))
+    await broker.start()
+    await proxy.close()
+
+    started = time.monotonic()
+    await broker.publish_event(b"lost")  # logged, not raised
+    assert time.monotonic() - started < EVENT_PUBLISH_TIMEOUT + 1
+    await broker.close()

@@ -199,3 +199,71 @@ async def test_stop_receiving_keeps_received_deliveries_settleable(broker: Broke
     await subscription.cancel()
     assert [delivery.body for delivery in received] == [b"first"]
     assert await broker.queue_depth(INFERENCE.name) == 1
+
+
+class EventInbox:
+    """An event handler that records what it receives."""
+
+    def __init__(self) -> None:
+        self._events: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def __call__(self, body: bytes) -> None:
+        await self._events.put(body)
+
+    async def next(self) -> bytes:
+        return await asyncio.wait_for(self._events.get(), WAIT)
+
+    def empty(self) -> bool:
+        return self._events.empty()
+
+
+async def test_events_reach_every_subscriber(broker: Broker) -> None:
+    first, second = EventInbox(), EventInbox()
+    subscriptions = [await broker.subscribe_events(first), await broker.subscribe_events(second)]
+
+    await broker.publish_event(b'{"n": 1}')
+    await broker.publish_event(b'{"n": 2}')
+
+    for inbox in (first, second):
+        assert [await inbox.next(), await inbox.next()] == [b'{"n": 1}', b'{"n": 2}']
+    for subscription in subscriptions:
+        await subscription.cancel()
+
+
+async def test_events_stop_at_cancel_and_are_not_work(broker: Broker) -> None:
+    kept, cancelled = EventInbox(), EventInbox()
+    subscription = await broker.subscribe_events(kept)
+    await (await broker.subscribe_events(cancelled)).cancel()
+
+    await broker.publish_event(b"after")
+
+    assert await kept.next() == b"after"
+    assert cancelled.empty()
+    # Events never land in a work queue.
+    assert await broker.queue_depth(INFERENCE.name) == 0
+    await subscription.cancel()
+
+
+async def test_a_failing_event_handler_neither_stops_others_nor_reaches_the_publisher(broker: Broker) -> None:
+    failures: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def failing(body: bytes) -> None:
+        await failures.put(body)
+        raise RuntimeError("handler bug")
+
+    inbox = EventInbox()
+    subscriptions = [await broker.subscribe_events(failing), await broker.subscribe_events(inbox)]
+    await broker.publish_event(b"one")
+    await broker.publish_event(b"two")
+
+    assert [await inbox.next(), await inbox.next()] == [b"one", b"two"]
+    # The failing subscription keeps receiving.
+    assert [await asyncio.wait_for(failures.get(), WAIT) for _ in range(2)] == [b"one", b"two"]
+    for subscription in subscriptions:
+        await subscription.cancel()
+
+
+async def test_publishing_an_event_never_raises(broker: Broker) -> None:
+    await broker.publish_event(b"nobody listens")
+    await broker.close()
+    await broker.publish_event(b"closed")  # logged and dropped

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,48 @@ def _wait(url: str, task_id: str) -> dict[str, object]:
         time.sleep(0.05)
 
 
+def _long_poll(url: str, task_id: str, wait: float) -> tuple[dict[str, object], float]:
+    """The task after `?wait=`, and how long the gateway held the request."""
+    started = time.monotonic()
+    response = requests.get(
+        f"{url}/v0.7/tasks/{task_id}/", params={"wait": wait}, headers={"X-API-KEY": KEY}, timeout=wait + 10
+    )
+    assert response.status_code == 200, response.text
+    task: dict[str, object] = response.json()
+    return task, time.monotonic() - started
+
+
+def _check_long_poll(url: str, consumers: list[subprocess.Popen[bytes]], version_id: str) -> None:
+    """A long poll in the gateway process is woken by the consumer process that finished the task."""
+    for consumer in consumers:  # held still, so the task stays pending for as long as we need
+        consumer.send_signal(signal.SIGSTOP)
+    try:
+        body = {"inputs": [{"image": {"source": base64.b64encode(png((255, 255, 255))).decode()}}]}
+        response = requests.post(
+            f"{url}/v0.7/recognition/versions/{version_id}/inference",
+            json=body,
+            headers={"X-API-KEY": KEY},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        task_id = response.json()["task_id"]
+        task, elapsed = _long_poll(url, task_id, 0.3)
+        assert task["status"] == "pending" and elapsed >= 0.3
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            poll = pool.submit(_long_poll, url, task_id, 30.0)
+            # A head start, so the poll is usually waiting when the consumers resume; when it is not, it
+            # reads the finished task at once and the checks below still hold.
+            time.sleep(0.5)
+            for consumer in consumers:
+                consumer.send_signal(signal.SIGCONT)
+            task, elapsed = poll.result()
+    finally:
+        for consumer in consumers:
+            consumer.send_signal(signal.SIGCONT)
+    assert task["status"] == "success", task
+    assert elapsed < 30.0  # answered on the event, not at the deadline
+
+
 def test_gateway_and_two_consumers_share_the_work(
     cluster: tuple[str, list[subprocess.Popen[bytes]], Path], tiny_models: dict[str, Path]
 ) -> None:
@@ -117,6 +161,7 @@ def test_gateway_and_two_consumers_share_the_work(
         headers=headers,
         timeout=10,
     ).json()
+    _check_long_poll(url, processes[1:], version["id"])
     images = {"bright": png((255, 255, 255)), "dark": png((0, 0, 0))}
     submitted = []
     for index in range(60):
