@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,10 +75,19 @@ def _result(network: LoadedNetwork, prepared: PreparedJob, outputs: dict[str, np
     return result.model_dump(mode="json", exclude_none=True)
 
 
-def run_batch(network: LoadedNetwork, batch: Sequence[PreparedJob]) -> list[dict[str, Any] | ModelError]:
+@dataclass(frozen=True)
+class BatchRun:
+    results: list[dict[str, Any] | ModelError]  # one per input, in input order
+    predict_s: float  # the forward passes, summed over the batch's shape groups
+    postprocess_s: float  # raw outputs to results, summed over the batch
+
+
+def run_batch(network: LoadedNetwork, batch: Sequence[PreparedJob]) -> BatchRun:
     """One forward pass per group of equal input shapes; results (or the model's error) in input order."""
     results: list[dict[str, Any] | ModelError] = [ModelError("not run")] * len(batch)
+    predict_s = postprocess_s = 0.0
     for group in group_by_shape([item.example for item in batch]):
+        started = time.perf_counter()
         try:
             input_key = _input_key(network, batch[group[0]].job)
             outputs = network.model.predict({input_key: np.stack([batch[index].example for index in group])})
@@ -92,10 +102,14 @@ def run_batch(network: LoadedNetwork, batch: Sequence[PreparedJob]) -> list[dict
             for index in group:
                 results[index] = failure
             continue
+        finally:
+            predict_s += time.perf_counter() - started
+        started = time.perf_counter()
         for position, index in enumerate(group):
             single = {name: values[position] for name, values in outputs.items()}
             try:
                 results[index] = _result(network, batch[index], single)
             except ModelError as error:
                 results[index] = error
-    return results
+        postprocess_s += time.perf_counter() - started
+    return BatchRun(results=results, predict_s=predict_s, postprocess_s=postprocess_s)

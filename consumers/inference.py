@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import structlog
 from pydantic import ValidationError
 
 from broker.port import Delivery
 from broker.topology import INFERENCE
+from consumers import metrics
 from consumers.batcher import Batcher
 from consumers.compute import PreparedJob, prepare, run_batch
 from consumers.config import ConsumerConfig
@@ -27,6 +30,14 @@ from store.port import TASKS, Store
 log = structlog.get_logger("inference")
 
 Outcome = dict[str, Any] | ModelError
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """A prepared job in the batcher, with when its delivery arrived (event-loop time)."""
+
+    prepared: PreparedJob
+    received: float
 
 
 class InferenceWorker:
@@ -48,11 +59,15 @@ class InferenceWorker:
         self._config = config
         self._decode_executor = decode_executor
         self._model_executor = model_executor
-        self.batcher: Batcher[PreparedJob, Outcome] = Batcher(
+        self.batcher: Batcher[_Waiting, Outcome] = Batcher(
             self._run_batch, max_size=config.max_batch_size, max_delay=config.max_batch_delay_s
         )
 
     async def handle(self, delivery: Delivery) -> None:
+        with metrics.JOBS_IN_FLIGHT.track_inprogress():
+            await self._handle(delivery, received=asyncio.get_running_loop().time())
+
+    async def _handle(self, delivery: Delivery, *, received: float) -> None:
         try:
             job = InferenceJob.model_validate_json(delivery.body)
         except ValidationError as error:
@@ -64,19 +79,22 @@ class InferenceWorker:
         ):
             await settle(
                 delivery,
-                lambda: self._process(job, delivery),
+                lambda: self._process(job, delivery, received),
                 delivery_limit=INFERENCE.delivery_limit,
-                give_up=lambda reason: self._results.write(
+                give_up=lambda reason: self._store_outcome(
                     TaskOutcome(task_id=job.task_id, status=TaskStatus.ERROR, error=reason)
                 ),
             )
 
-    async def _process(self, job: InferenceJob, delivery: Delivery) -> None:
+    async def _process(self, job: InferenceJob, delivery: Delivery, received: float) -> None:
         if delivery.delivery_count > 1 and await self._already_finished(job):
             log.info("job_already_finished")
             return
-        outcome = await self._outcome(job)
+        await self._store_outcome(await self._outcome(job, received))
+
+    async def _store_outcome(self, outcome: TaskOutcome) -> None:
         await self._results.write(outcome)
+        metrics.TASKS.labels(outcome.status.value).inc()
 
     async def _already_finished(self, job: InferenceJob) -> bool:
         task = await self._store.get(TASKS, job.task_id, owners=[job.owner])
@@ -84,7 +102,7 @@ class InferenceWorker:
             raise PermanentFailure(f"task {job.task_id} does not exist")
         return task.status is not TaskStatus.PENDING
 
-    async def _outcome(self, job: InferenceJob) -> TaskOutcome:
+    async def _outcome(self, job: InferenceJob, received: float) -> TaskOutcome:
         try:
             data = job.image.data if job.image.data is not None else await self._fetch(job)
             network = await self._models.get(
@@ -92,10 +110,9 @@ class InferenceWorker:
             )
             loop = asyncio.get_running_loop()
             prepared = await loop.run_in_executor(
-                self._decode_executor,
-                lambda: prepare(job, data, mean=network.mean, max_pixels=self._config.max_image_pixels),
+                self._decode_executor, self._prepare, job, data, network.mean
             )
-            result = await self.batcher.submit(job.model.batch_key(), prepared)
+            result = await self.batcher.submit(job.model.batch_key(), _Waiting(prepared, received))
         except (FetchError, EngineError) as error:
             return TaskOutcome(task_id=job.task_id, status=TaskStatus.ERROR, error=str(error))
         if isinstance(result, ModelError):
@@ -107,17 +124,30 @@ class InferenceWorker:
         assert job.image.url is not None
         return await self._fetcher.fetch(job.image.url)
 
-    async def _run_batch(self, _key: Hashable, batch: Sequence[PreparedJob]) -> Sequence[Outcome]:
-        model = batch[0].job.model
-        network = await self._models.get(model.network_id, model.network_files, model.preprocessing)
+    def _prepare(self, job: InferenceJob, data: bytes, mean: np.ndarray | None) -> PreparedJob:
+        # Timed on the decode thread, so that waiting for a free thread is not counted as decoding.
+        with metrics.PREPARE_SECONDS.time():
+            return prepare(job, data, mean=mean, max_pixels=self._config.max_image_pixels)
+
+    async def _run_batch(self, _key: Hashable, batch: Sequence[_Waiting]) -> Sequence[Outcome]:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        results = await loop.run_in_executor(self._model_executor, run_batch, network, batch)
+        metrics.BATCH_SIZE.observe(len(batch))
+        for item in batch:
+            metrics.DELIVERY_TO_BATCH_SECONDS.observe(started - item.received)
+        prepared = [item.prepared for item in batch]
+        model = prepared[0].job.model
+        network = await self._models.get(model.network_id, model.network_files, model.preprocessing)
+        run = await loop.run_in_executor(self._model_executor, run_batch, network, prepared)
+        metrics.PREDICT_SECONDS.observe(run.predict_s)
+        metrics.POSTPROCESS_SECONDS.observe(run.postprocess_s)
         log.info(
             "batch_ran",
             size=len(batch),
             key=model.batch_key(),
             ms=round((loop.time() - started) * 1000, 1),
-            task_ids=[item.job.task_id for item in batch],
+            predict_ms=round(run.predict_s * 1000, 1),
+            postprocess_ms=round(run.postprocess_s * 1000, 1),
+            task_ids=[item.job.task_id for item in prepared],
         )
-        return results
+        return run.results

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from consumers.metrics import MODEL_LOAD_SECONDS
 from engine.model import SavedModel
 from schemas.networks import Preprocessing
 from store.port import Store, network_file_key
@@ -93,7 +94,9 @@ class ModelCache:
         mean = (
             np.load(io.BytesIO((folder / mean_file).read_bytes()), allow_pickle=False) if mean_file else None
         )
-        log.info("model_loaded", network_id=network_id, ms=round((loop.time() - started) * 1000, 1))
+        elapsed = loop.time() - started
+        MODEL_LOAD_SECONDS.observe(elapsed)
+        log.info("model_loaded", network_id=network_id, ms=round(elapsed * 1000, 1))
         return LoadedNetwork(network_id=network_id, model=model, mean=mean)
 
     def forget(self, network_id: str) -> None:

@@ -38,7 +38,7 @@ class ConsumerService:
             max_bytes=config.fetch_max_bytes,
         )
         models = ModelCache(store, config.cache_dir, self._model_executor, capacity=config.model_cache_size)
-        self._results = ResultWriter(store)
+        self._results = ResultWriter(store, broker)
         self.inference = InferenceWorker(
             store,
             models,

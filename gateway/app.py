@@ -6,22 +6,27 @@ from aiohttp import web
 
 from broker.port import Broker
 from gateway.auth import KeyCache, auth_middleware
-from gateway.context import BROKER, CONFIG, STORE, GatewayConfig
+from gateway.context import BROKER, CONFIG, STORE, WAITERS, GatewayConfig
+from gateway.metrics import metrics_middleware, serve_metrics
 from gateway.middleware import errors_middleware
 from gateway.openapi import serve_openapi
 from gateway.routes import accounts, health, networks, specs, tasks, versions
+from gateway.waiters import TaskWaiters, follow_task_events
 from store.port import Store
 
 
 def create_app(config: GatewayConfig, *, store: Store, broker: Broker) -> web.Application:
     app = web.Application(
         client_max_size=config.max_request_bytes,
-        middlewares=[errors_middleware, auth_middleware(KeyCache())],
+        middlewares=[metrics_middleware, errors_middleware, auth_middleware(KeyCache())],
     )
     app[CONFIG] = config
     app[STORE] = store
     app[BROKER] = broker
+    app[WAITERS] = TaskWaiters()
+    follow_task_events(app, broker, app[WAITERS])
     app.router.add_get("/openapi.json", serve_openapi)
+    app.router.add_get("/metrics", serve_metrics)
     for module in (health, accounts, networks, specs, versions, tasks):
         module.setup(app)
     return app

@@ -15,7 +15,7 @@ from schemas.documents import KEYS_OWNER, ApiKeyDoc
 from store.port import API_KEYS, DuplicateId, Store
 
 _CACHE_SECONDS = 30.0
-_PUBLIC_PREFIXES = ("/healthz", "/readyz", "/openapi.json", "/docs")
+_PUBLIC_PREFIXES = ("/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")
 
 
 def hash_key(key: str) -> str:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import structlog
 
@@ -15,6 +16,26 @@ from percept.logs import configure_logging
 from percept.settings import Settings, SettingsError, load_settings
 
 log = structlog.get_logger("percept")
+
+
+def _start_metrics_server(settings: Settings) -> WSGIServer | None:
+    """`percept consumer` has no HTTP API to host /metrics, so it gets a port of its own (in a thread)."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, _thread = start_http_server(settings.metrics_port, addr=settings.host)
+    except OSError as error:
+        # Consumers on one machine share the default port: those that lose the race run without metrics
+        # rather than without consuming.
+        log.warning(
+            "metrics_port_unavailable",
+            port=settings.metrics_port,
+            error=str(error),
+            hint="give each consumer its own PERCEPT_METRICS_PORT (0: off)",
+        )
+        return None
+    log.info("metrics_listening", url=f"http://{settings.host}:{settings.metrics_port}/metrics")
+    return server
 
 
 async def _serve(settings: Settings, *, http: bool, consume: bool, demo: bool) -> None:
@@ -33,6 +54,10 @@ async def _serve(settings: Settings, *, http: bool, consume: bool, demo: bool) -
 
             service = ConsumerService(store, broker, consumer_config(settings))
             await service.start()
+        # With HTTP, the gateway's /metrics shows this process's consumer metrics too.
+        metrics_server = (
+            _start_metrics_server(settings) if consume and not http and settings.metrics_port else None
+        )
         runner = (
             await run_http(make_gateway(settings, store, broker), settings.host, settings.port)
             if http
@@ -53,6 +78,9 @@ async def _serve(settings: Settings, *, http: bool, consume: bool, demo: bool) -
                 await runner.cleanup()
             if service is not None:
                 await service.stop()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
 
 
 def _parser() -> argparse.ArgumentParser:

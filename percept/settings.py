@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="SQLite store, model files, model cache")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    metrics_port: int = Field(
+        default=9100, ge=0, le=65535, description="`percept consumer` serves /metrics here; 0: off"
+    )
     broker_url: str = Field(default="", description="empty: in-process broker; else amqp://...")
     store_url: str = Field(
         default="", description="empty: SQLite in the data dir; sqlite:///path; mongodb://..."
