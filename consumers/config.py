@@ -16,5 +16,5 @@ class ConsumerConfig:
     fetch_timeout_s: float = 10.0
     fetch_max_bytes: int = 20 * 1024 * 1024
     outbound_allow: tuple[str, ...] = ()
-    model_cache_size: int = 8
+    model_cache_mb: int = 2048
     decode_threads: int = 2

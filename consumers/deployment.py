@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import Executor
 
 import structlog
@@ -62,10 +61,6 @@ class DeploymentWorker:
         try:
             loaded = await self._models.get(network.id, network.files, network.preprocessing)
             validate_network(loaded.model.signature, network.preprocessing, network.postprocessings)
-            batch = 1
-            await asyncio.get_running_loop().run_in_executor(
-                self._model_executor, loaded.model.warm_up, batch
-            )
         except EngineError as error:
             self._models.forget(network.id)
             await self._fail(job, str(error))

@@ -1,4 +1,9 @@
-"""Loaded networks, kept per consumer process: files copied once from the store, each model loaded once."""
+"""Loaded networks, kept per consumer process: files copied once from the store, each model loaded once.
+
+The cache is an LRU bounded in megabytes. A model's weight is estimated by the size of its SavedModel folder
+(graph + variables), which is what TensorFlow keeps resident for inference; the true figure adds per-model
+runtime buffers that vary with batch size, so leave headroom when setting PERCEPT_MODEL_CACHE_MB.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,11 @@ class LoadedNetwork:
     network_id: str
     model: SavedModel
     mean: np.ndarray | None
+    size_bytes: int
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def _write_folder(parent: Path, target: Path, contents: dict[str, bytes]) -> None:
@@ -48,14 +58,22 @@ def _write_folder(parent: Path, target: Path, contents: dict[str, bytes]) -> Non
         shutil.rmtree(staging, ignore_errors=True)
 
 
-class ModelCache:
-    """An LRU of loaded networks. Loads run on the model executor, the thread that also runs predictions."""
+def _load_and_warm(folder: Path) -> SavedModel:
+    """One run on zeros right after loading: graph optimisation happens here, not in a first request."""
+    model = SavedModel.load(folder)
+    model.warm_up(1)
+    return model
 
-    def __init__(self, store: Store, cache_dir: Path, executor: Executor, *, capacity: int) -> None:
+
+class ModelCache:
+    """An LRU of loaded networks; versions of one network share its load. Loads (and their warm-up run) use
+    the model executor, the thread that also runs predictions, so a load never races a batch."""
+
+    def __init__(self, store: Store, cache_dir: Path, executor: Executor, *, capacity_bytes: int) -> None:
         self._store = store
         self._cache_dir = cache_dir
         self._executor = executor
-        self._capacity = capacity
+        self._capacity_bytes = capacity_bytes
         self._loaded: OrderedDict[str, LoadedNetwork] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -71,10 +89,21 @@ class ModelCache:
                 return cached
             loaded = await self._load(network_id, files, preprocessing)
             self._loaded[network_id] = loaded
-            while len(self._loaded) > self._capacity:
-                evicted, _ = self._loaded.popitem(last=False)
-                log.info("model_evicted", network_id=evicted)
+            self._evict()
             return loaded
+
+    def _evict(self) -> None:
+        """Least recently used first, never the model just loaded (one over budget still runs)."""
+        total = sum(network.size_bytes for network in self._loaded.values())
+        while total > self._capacity_bytes and len(self._loaded) > 1:
+            evicted_id, evicted = self._loaded.popitem(last=False)
+            total -= evicted.size_bytes
+            log.info("model_evicted", network_id=evicted_id, mb=round(evicted.size_bytes / 2**20, 1))
+
+    @property
+    def loaded_ids(self) -> list[str]:
+        """Least recently used first."""
+        return list(self._loaded)
 
     async def _materialise(self, network_id: str, files: list[str]) -> Path:
         """The SavedModel folder on local disk, copied from the store on first use."""
@@ -89,15 +118,18 @@ class ModelCache:
         folder = await self._materialise(network_id, files)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        model = await loop.run_in_executor(self._executor, SavedModel.load, folder)
+        model = await loop.run_in_executor(self._executor, _load_and_warm, folder)
         mean_file = preprocessing.inputs[0].image.mean_file
         mean = (
             np.load(io.BytesIO((folder / mean_file).read_bytes()), allow_pickle=False) if mean_file else None
         )
+        size = await asyncio.to_thread(_folder_size, folder)
         elapsed = loop.time() - started
         MODEL_LOAD_SECONDS.observe(elapsed)
-        log.info("model_loaded", network_id=network_id, ms=round(elapsed * 1000, 1))
-        return LoadedNetwork(network_id=network_id, model=model, mean=mean)
+        log.info(
+            "model_loaded", network_id=network_id, ms=round(elapsed * 1000, 1), mb=round(size / 2**20, 1)
+        )
+        return LoadedNetwork(network_id=network_id, model=model, mean=mean, size_bytes=size)
 
     def forget(self, network_id: str) -> None:
         """Drop a network (deleted or redeployed): its next use loads it again."""

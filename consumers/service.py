@@ -37,7 +37,9 @@ class ConsumerService:
             timeout_s=config.fetch_timeout_s,
             max_bytes=config.fetch_max_bytes,
         )
-        models = ModelCache(store, config.cache_dir, self._model_executor, capacity=config.model_cache_size)
+        models = ModelCache(
+            store, config.cache_dir, self._model_executor, capacity_bytes=config.model_cache_mb * 2**20
+        )
         self._results = ResultWriter(store, broker)
         self.inference = InferenceWorker(
             store,

@@ -41,7 +41,7 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         fetch_timeout_s=settings.fetch_timeout_s,
         fetch_max_bytes=int(settings.fetch_max_mb * 1024 * 1024),
         outbound_allow=tuple(item.strip() for item in settings.outbound_allow.split(",") if item.strip()),
-        model_cache_size=settings.model_cache_size,
+        model_cache_mb=settings.model_cache_mb,
     )
 
 

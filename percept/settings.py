@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     outbound_allow: str = Field(
         default="", description="comma-separated CIDRs or host names allowed for URLs"
     )
-    model_cache_size: int = Field(default=8, ge=1, description="loaded models kept per consumer process")
+    model_cache_mb: int = Field(
+        default=2048, ge=1, description="budget for loaded models per consumer process"
+    )
     demo_models: bool = Field(default=True, description="register the demo models on `serve`")
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"
