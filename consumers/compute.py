@@ -13,7 +13,7 @@ from consumers.models import LoadedNetwork
 from engine.decode import decode_image
 from engine.errors import ModelError
 from engine.postprocess import raw_tensors, recognize
-from engine.preprocess import ImageMeta, group_by_shape, preprocess
+from engine.preprocess import ImageMeta, decode_min_side, group_by_shape, preprocess
 from schemas.messages import InferenceJob
 
 
@@ -26,8 +26,9 @@ class PreparedJob:
 
 def prepare(job: InferenceJob, data: bytes, *, mean: np.ndarray | None, max_pixels: int) -> PreparedJob:
     """Decode and pre-process one image (raises engine ImageError with a reason for the user)."""
-    image = decode_image(data, max_pixels=max_pixels)
     spec = job.model.preprocessing.inputs[0].image
+    min_side = decode_min_side(spec, bbox=job.image.bbox, polygon=job.image.polygon)
+    image = decode_image(data, max_pixels=max_pixels, min_side=min_side)
     example, meta = preprocess(
         image,
         spec,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,24 @@ class ImageMeta:
     original_height: int
     window: Window  # the crop taken from the original image, in its pixels
     placement: Placement  # where that crop, resized, sits in the network input
+
+
+def decode_min_side(
+    spec: ImagePreprocessing, *, bbox: BBox | None = None, polygon: list[Point] | None = None
+) -> int:
+    """How small a JPEG may be decoded (see decode_image) while the region the network sees keeps at least the
+    network input's resolution. Against a full decode, the network input then differs by about one grey level
+    on average (tests/unit/test_engine_decode_draft.py holds it to its stated tolerance)."""
+    width, height = spec.size()
+    target = max(width, height or width)
+    if polygon:
+        xs, ys = [point.x for point in polygon], [point.y for point in polygon]
+        fraction = min(max(xs) - min(xs), max(ys) - min(ys))
+    elif bbox is not None:
+        fraction = min(bbox.xmax - bbox.xmin, bbox.ymax - bbox.ymin)
+    else:
+        fraction = 1.0
+    return math.ceil(target / max(fraction, 1e-3))
 
 
 def preprocess(
