@@ -74,3 +74,24 @@ def test_bad_settings_fail_at_start_naming_the_variable(tmp_path_factory: pytest
     )
     assert result.returncode == 2
     assert "PERCEPT_MAX_BATCH_SIZE" in result.stderr
+
+
+def test_the_face_is_found_through_the_api(served: Service) -> None:
+    """The real detector end to end: the box the API returns overlaps an independently derived face box."""
+    from engine.zoo.faces import FACES
+    from tests.unit.test_zoo import ASTRONAUT_FACE
+
+    source = base64.b64encode(FACES.sample_image()).decode()
+    response = served.post(
+        "/v0.7/recognition/public/faces/inference", json={"inputs": [{"image": {"source": source}}]}
+    )
+    task = served.wait_task(response.json()["task_id"])
+    (face,) = task["data"]["outputs"][0]["labels"]["predicted"]
+    box = face["roi"]["bbox"]
+    found = [box["xmin"] * 512, box["ymin"] * 512, box["xmax"] * 512, box["ymax"] * 512]
+    left, top = max(found[0], ASTRONAUT_FACE[0]), max(found[1], ASTRONAUT_FACE[1])
+    right, bottom = min(found[2], ASTRONAUT_FACE[2]), min(found[3], ASTRONAUT_FACE[3])
+    overlap = max(0.0, right - left) * max(0.0, bottom - top)
+    area = (found[2] - found[0]) * (found[3] - found[1])
+    reference = (ASTRONAUT_FACE[2] - ASTRONAUT_FACE[0]) * (ASTRONAUT_FACE[3] - ASTRONAUT_FACE[1])
+    assert overlap / (area + reference - overlap) >= 0.5
