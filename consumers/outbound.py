@@ -24,17 +24,32 @@ class RefusedAddress(OSError):
 
 
 def _embedded_ipv4(address: IpAddress) -> IpAddress:
+    """The IPv4 address an IPv6 form carries (mapped, NAT64, 6to4): judged as that address, not as IPv6.
+
+    6to4 matters: Python counts 2002::/16 as global, yet 2002:7f00:1:: routes to 127.0.0.1 via a relay.
+    """
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return address.ipv4_mapped
+        if address.sixtofour is not None:
+            return address.sixtofour
         if address in _NAT64:
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
 
 
+# Ranges refused even where Python's is_global says yes on some versions: IETF protocol assignments (Oracle
+# Cloud's metadata service sits at 192.0.0.192) and IPv4-compatible IPv6 (::a.b.c.d, deprecated, still routed
+# by some stacks).
+_ALWAYS_REFUSED = (ipaddress.ip_network("192.0.0.0/24"), ipaddress.ip_network("::/96"))
+
+
 def is_public(address: IpAddress) -> bool:
     inner = _embedded_ipv4(address)
-    return inner.is_global and not inner.is_multicast
+    if any(inner in network or address in network for network in _ALWAYS_REFUSED):
+        return False
+    flags = (inner.is_private, inner.is_loopback, inner.is_link_local, inner.is_multicast, inner.is_reserved)
+    return inner.is_global and not any(flags) and not inner.is_unspecified
 
 
 class OutboundPolicy:
