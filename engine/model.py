@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelError
+from engine.scan import check_saved_model, read_saved_model
 from schemas.signature import Signature, TensorSpec
 
 SERVING_KEY = "serving_default"
@@ -31,6 +32,8 @@ class SavedModel:
         """Load the SavedModel directory `path`, using `serving_default` or else its only signature."""
         import tensorflow as tf
 
+        proto = read_saved_model(path)
+        check_saved_model(proto)  # before loading: loading alone may run the graph's initialisers
         try:
             loaded = tf.saved_model.load(str(path))
         except Exception as error:  # TensorFlow raises many unrelated types for bad files
@@ -46,7 +49,7 @@ class SavedModel:
                 f"it has: {sorted(signatures) or 'none'}"
             )
         function = signatures[key]
-        return cls(loaded, function, _signature(function, _graph_names(path, key)))
+        return cls(loaded, function, _signature(function, _graph_names(proto, key)))
 
     @property
     def signature(self) -> Signature:
@@ -116,20 +119,12 @@ def _tensor_spec(spec: Any, graph_name: str) -> TensorSpec:
     return TensorSpec(shape=shape, dtype=spec.dtype.name, graph_name=graph_name)
 
 
-def _graph_names(path: Path, key: str) -> dict[str, dict[str, str]]:
+def _graph_names(model: Any, key: str) -> dict[str, dict[str, str]]:
     """Tensor names as the SavedModel's signature def records them (what `saved_model_cli show` prints).
 
     They are the names users know from the original graph, e.g. `serving_default_image:0` or
     `inception_v3/logits/predictions:0`; the loaded function's own tensors are renamed (`Identity:0`).
     """
-    from google.protobuf import text_format
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    model = saved_model_pb2.SavedModel()
-    if (path / "saved_model.pb").exists():
-        model.ParseFromString((path / "saved_model.pb").read_bytes())
-    else:
-        text_format.Parse((path / "saved_model.pbtxt").read_text(), model)
     for graph in model.meta_graphs:
         if key in graph.signature_def:
             definition = graph.signature_def[key]
