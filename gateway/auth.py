@@ -1,4 +1,7 @@
-"""API keys: `X-API-KEY` on the Deepomatic surface. Keys are stored hashed; lookups are cached briefly."""
+"""API keys: `X-API-KEY` (Deepomatic) or `Authorization: Key <key>` (Clarifai), on every surface.
+
+Keys are stored hashed; lookups are cached briefly.
+"""
 
 from __future__ import annotations
 
@@ -64,17 +67,31 @@ class KeyCache:
         return doc.tenant
 
 
+def presented_key(request: web.Request) -> tuple[str | None, str]:
+    """The key the request carries and the header it came in; `X-API-KEY` wins when both are there."""
+    key = request.headers.get("X-API-KEY")
+    if key:
+        return key, "X-API-KEY"
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "key" and credentials.strip():
+        return credentials.strip(), "Authorization"
+    return None, "X-API-KEY"
+
+
 def auth_middleware(cache: KeyCache) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(_PUBLIC_PREFIXES) or request.path == "/":
             return await handler(request)
-        key = request.headers.get("X-API-KEY")
+        key, header = presented_key(request)
         if not key:
-            raise NotAuthenticated("Authentication credentials were not provided.", field="X-API-KEY")
+            raise NotAuthenticated(
+                "Authentication credentials were not provided (X-API-KEY or Authorization: Key <key>).",
+                field=header,
+            )
         owner = await cache.owner(request.app[STORE], key)
         if owner is None:
-            raise NotAuthenticated("Invalid API key.", field="X-API-KEY")
+            raise NotAuthenticated("Invalid API key.", field=header)
         request[OWNER] = owner
         return await handler(request)
 

@@ -1,4 +1,7 @@
-"""The one place where errors become HTTP answers: JSON bodies naming the field and the reason."""
+"""The one place where errors become HTTP answers: JSON bodies naming the field and the reason.
+
+Deepomatic's error shape everywhere, except under the Clarifai prefix, which answers in Clarifai's shape.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
+from gateway import clarifai_shape
 from gateway.errors import (
     ApiError,
     InvalidInput,
@@ -34,8 +38,13 @@ def _as_api_error(error: web.HTTPException) -> ApiError:
     return InvalidInput(error.reason)
 
 
-def _answer(error: ApiError) -> web.Response:
-    return web.json_response(error.body(), status=error.status, headers=error.headers)
+def _clarifai(request: web.Request) -> bool:
+    return request.path.startswith(clarifai_shape.PREFIX)
+
+
+def _answer(request: web.Request, error: ApiError) -> web.Response:
+    body = clarifai_shape.error_body(error) if _clarifai(request) else error.body()
+    return web.json_response(body, status=error.status, headers=error.headers)
 
 
 @web.middleware
@@ -43,18 +52,20 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ApiError as error:
-        return _answer(error)
+        return _answer(request, error)
     except ValidationError as error:
-        return _answer(from_validation_error(error))
+        return _answer(request, from_validation_error(error))
     except StoreUnavailable as error:
         log.warning("store_unavailable", error=str(error))
-        return _answer(Unavailable("the database is unavailable; retry shortly"))
+        return _answer(request, Unavailable("the database is unavailable; retry shortly"))
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return _answer(_as_api_error(error))
+        return _answer(request, _as_api_error(error))
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
+        if _clarifai(request):
+            return web.json_response(clarifai_shape.internal_error_body(), status=500)
         return web.json_response(
             {"error": "internal error", "detail": "internal error", "code": "internal"}, status=500
         )
