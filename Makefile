@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test check lint typecheck rabbitmq bench clean
+.PHONY: serve test check lint typecheck rabbitmq bench bench-pipeline clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ rabbitmq:
 ## Start-up and latency of `percept serve` beside the raw engine (prints JSON).
 bench: $(STAMP)
 	$(BIN)/python -m bench.serve_latency
+
+## Throughput of gateway + consumers + RabbitMQ + SQLite beside the raw engine (prints JSON, about 6 minutes).
+bench-pipeline: $(STAMP) rabbitmq
+	$(BIN)/python -m bench.pipeline
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
+    HeadersType,
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
@@ -41,12 +43,15 @@ from broker.port import (
 )
 from broker.topology import (
     DEAD_LETTER_EXCHANGE,
+    DELAY_QUEUES,
+    DUE_HEADER,
     EVENTS_EXCHANGE,
     EVENTS_QUEUE_ARGUMENTS,
     EVENTS_QUEUE_PREFIX,
     EXCHANGE,
     QUEUES,
     QueueSpec,
+    delay_queue,
     queue_spec,
 )
 
@@ -86,7 +91,20 @@ async def declare_topology(channel: AbstractRobustChannel) -> AbstractExchange:
         await work.bind(exchange, routing_key=spec.name)
         dead_letters = await channel.declare_queue(spec.dead_letter_queue, durable=True)
         await dead_letters.bind(dead, routing_key=spec.dead_letter_queue)
+    for delay in DELAY_QUEUES:
+        waiting = await channel.declare_queue(delay.name, durable=True, arguments=delay.arguments)
+        await waiting.bind(exchange, routing_key=delay.name)
     return exchange
+
+
+def _now_ms() -> int:
+    # Wall-clock, not monotonic: the due time travels between processes (and machines) in a header.
+    return int(time.time() * 1000)
+
+
+def _remaining_ms(message: AbstractIncomingMessage) -> int:
+    due = message.headers.get(DUE_HEADER)
+    return due - _now_ms() if isinstance(due, int) else 0
 
 
 class AmqpDelivery(Delivery):
@@ -196,12 +214,26 @@ class AmqpBroker(Broker):
         *,
         message_id: str,
         headers: Mapping[str, str] | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         _spec(queue)
+        routing_key = queue
+        sent_headers: HeadersType = dict(headers or {})
+        if delay_s > 0:
+            try:
+                routing_key = delay_queue(queue, delay_s * 1000).name
+            except KeyError as exc:
+                raise BrokerError(str(exc)) from None
+            sent_headers[DUE_HEADER] = _now_ms() + round(delay_s * 1000)
+        await self._send(queue, routing_key, body, message_id, sent_headers)
+
+    async def _send(
+        self, queue: str, routing_key: str, body: bytes, message_id: str | None, headers: HeadersType
+    ) -> None:
         _, channel, exchange = self._connected()
         message = aio_pika.Message(
             body,
-            headers=dict(headers or {}),
+            headers=headers,
             message_id=message_id,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -211,7 +243,7 @@ class AmqpBroker(Broker):
                 # While reconnecting this waits for the connection and the re-declared topology.
                 await channel.ready()
                 # mandatory + on_return_raises: an unroutable message raises instead of vanishing.
-                await exchange.publish(message, routing_key=queue, mandatory=True)
+                await exchange.publish(message, routing_key=routing_key, mandatory=True)
         except FAILURES as exc:
             raise BrokerUnavailable(f"publish to {queue} not confirmed: {exc!r}") from exc
 
@@ -223,6 +255,9 @@ class AmqpBroker(Broker):
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             try:
+                if (remaining := _remaining_ms(message)) > 0:
+                    await self._delay_further(queue, message, remaining)
+                    return
                 await handler(AmqpDelivery(message))
             except Exception:
                 # The delivery stays unacknowledged until the subscription ends, as in the in-process broker.
@@ -240,6 +275,13 @@ class AmqpBroker(Broker):
         except FAILURES as exc:
             raise BrokerUnavailable(f"cannot consume from {queue}: {exc!r}") from exc
         return AmqpSubscription(channel, work, tag, self._timeout)
+
+    async def _delay_further(self, queue: str, message: AbstractIncomingMessage, remaining_ms: int) -> None:
+        """A delay longer than one step: the next hop keeps the due time; the handler never sees it."""
+        headers = {k: v for k, v in message.headers.items() if not k.startswith("x-") or k == DUE_HEADER}
+        hop = delay_queue(queue, remaining_ms).name
+        await self._send(queue, hop, message.body, message.message_id, headers)
+        await message.ack()
 
     async def publish_event(self, body: bytes) -> None:
         if self._events_channel is None or self._events is None:

@@ -1,10 +1,11 @@
 """The in-process broker of the embedded `percept serve`, with the semantics of the RabbitMQ adapter.
 
 Same topology (broker.topology.QUEUES), per-subscription prefetch, delivery counting and dead-lettering
-after `delivery_limit` deliveries. A delivery returned by reject(requeue=True) or by a cancelled subscription
-counts, as in a quorum queue. Messages live in memory only: jobs queued when the process stops are lost,
-so the embedded service must re-enqueue pending tasks from its store on start. Events reach the subscribers
-of this process only, which in the embedded service are all of them.
+after `delivery_limit` deliveries; delayed messages wait on an event-loop timer. A delivery returned by
+reject(requeue=True) or by a cancelled subscription counts, as in a quorum queue. Messages live in memory
+only: jobs queued when the process stops are lost, so the embedded service must re-enqueue pending tasks
+from its store on start. Events reach the subscribers of this process only, which in the embedded service
+are all of them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from broker.port import (
     Handler,
     Subscription,
 )
-from broker.topology import QUEUES, QueueSpec
+from broker.topology import QUEUES, QueueSpec, delay_queue
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class MemoryBroker(Broker):
     def __init__(self) -> None:
         self._queues = {spec.name: _Queue(spec) for spec in QUEUES}
         self._event_subscribers: list[MemoryEventSubscription] = []
+        self._timers: set[asyncio.TimerHandle] = set()  # delayed messages, lost on close like the rest
         self._open = False
 
     def _queue(self, name: str) -> _Queue:
@@ -180,6 +182,9 @@ class MemoryBroker(Broker):
 
     async def close(self) -> None:
         self._open = False
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         for queue in self._queues.values():
             for subscription in list(queue.subscriptions):
                 await subscription.cancel()
@@ -192,11 +197,30 @@ class MemoryBroker(Broker):
         *,
         message_id: str,
         headers: Mapping[str, str] | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         target = self._queue(queue)
         if not self._open:
             raise BrokerUnavailable("the in-process broker is not started")
-        target.ready.append(_Message(body, dict(headers or {}), message_id))
+        message = _Message(body, dict(headers or {}), message_id)
+        if delay_s <= 0:
+            self._arrive(target, message)
+            return
+        try:
+            delay_queue(queue, delay_s * 1000)  # the same queues take delays as on RabbitMQ
+        except KeyError as error:
+            raise BrokerError(str(error)) from None
+
+        def due() -> None:
+            self._timers.discard(timer)
+            self._arrive(target, message)
+
+        timer = asyncio.get_running_loop().call_later(delay_s, due)
+        self._timers.add(timer)
+
+    @staticmethod
+    def _arrive(target: _Queue, message: _Message) -> None:
+        target.ready.append(message)
         target.dispatch()
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:

@@ -64,8 +64,13 @@ class Broker(ABC):
         *,
         message_id: str,
         headers: Mapping[str, str] | None = None,
+        delay_s: float = 0.0,
     ) -> None:
-        """Persistent publish; returns once the broker confirmed it, else raises BrokerUnavailable."""
+        """Persistent publish; returns once the broker confirmed it, else raises BrokerUnavailable.
+
+        With `delay_s`, the message is delivered no sooner than that (to within the shortest delay step),
+        without holding a consumer meanwhile; only queues with delay queues (topology.DELAY_QUEUES) take it.
+        """
 
     @abstractmethod
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:

@@ -4,6 +4,11 @@ Every work queue is a durable quorum queue on the direct exchange `percept`, bou
 routing key. A message is dead-lettered (to `<name>.dead`, a durable classic queue bound on the direct
 exchange `percept.dead`) when it is rejected without requeue or after `delivery_limit` deliveries.
 
+Delays (webhook retries) hold no consumer: a delayed message waits in a TTL queue `<name>.delay.<ms>` that
+dead-letters it back to its work queue on the `percept` exchange. Each delay queue has a single TTL, so its
+messages expire in the order they entered; a delay between steps hops through several of them, the message
+carrying when it is due in the `DUE_HEADER` header.
+
 Events (a task finished) are not work: they go to the fanout exchange `percept.events`, non-persistent, and
 each subscriber (one per gateway process) reads them from its own transient queue.
 """
@@ -52,7 +57,45 @@ class QueueSpec:
 
 INFERENCE = QueueSpec("percept.inference", delivery_limit=5)
 DEPLOYMENT = QueueSpec("percept.deployment", delivery_limit=3)
-QUEUES: tuple[QueueSpec, ...] = (INFERENCE, DEPLOYMENT)
+# Its own queue, so that slow or dead receivers never hold up inference; HTTP failures are retried by new,
+# delayed messages, so the limit only counts redeliveries after a consumer crash.
+WEBHOOKS = QueueSpec("percept.webhooks", delivery_limit=5)
+QUEUES: tuple[QueueSpec, ...] = (INFERENCE, DEPLOYMENT, WEBHOOKS)
+
+DUE_HEADER = "x-percept-due-ms"  # epoch milliseconds at which a delayed message is due
+# Roughly 5 times apart, so a delay of up to a day takes a handful of hops; the first step is short so
+# that short delays (tests, first retries) stay short.
+DELAY_STEPS_MS = (100, 500, 2_000, 10_000, 60_000, 300_000, 1_800_000, 10_800_000, 43_200_000)
+
+
+@dataclass(frozen=True)
+class DelayQueue:
+    target: str  # the work queue it dead-letters to
+    ttl_ms: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.target}.delay.{self.ttl_ms}"
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return {
+            "x-message-ttl": self.ttl_ms,
+            "x-dead-letter-exchange": EXCHANGE,
+            "x-dead-letter-routing-key": self.target,
+        }
+
+
+DELAY_QUEUES: tuple[DelayQueue, ...] = tuple(DelayQueue(WEBHOOKS.name, ms) for ms in DELAY_STEPS_MS)
+
+
+def delay_queue(target: str, remaining_ms: float) -> DelayQueue:
+    """The longest step not past `remaining_ms` (the shortest if all are); KeyError if `target` has none."""
+    steps = [queue for queue in DELAY_QUEUES if queue.target == target]
+    if not steps:
+        raise KeyError(f"queue {target!r} has no delay queues")
+    fitting = [queue for queue in steps if queue.ttl_ms <= remaining_ms]
+    return fitting[-1] if fitting else steps[0]
 
 
 def queue_spec(name: str) -> QueueSpec:

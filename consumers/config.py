@@ -18,3 +18,7 @@ class ConsumerConfig:
     outbound_allow: tuple[str, ...] = ()
     model_cache_mb: int = 2048
     decode_threads: int = 2
+    # Delays in seconds between webhook attempts (PERCEPT_WEBHOOK_RETRY_SCHEDULE); about a day in all.
+    webhook_retry_schedule: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 28800)
+    webhook_timeout_s: float = 10.0
+    webhook_prefetch: int = 16  # attempts in flight at once; each holds a slot for at most the timeout

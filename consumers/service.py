@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from broker.port import Broker, Delivery, Handler, Subscription
-from broker.topology import DEPLOYMENT, INFERENCE
+from broker.topology import DEPLOYMENT, INFERENCE, WEBHOOKS
 from consumers.config import ConsumerConfig
 from consumers.deployment import DeploymentWorker
 from consumers.fetch import ImageFetcher
@@ -18,6 +18,8 @@ from consumers.inference import InferenceWorker
 from consumers.models import ModelCache
 from consumers.outbound import OutboundPolicy
 from consumers.results import ResultWriter
+from consumers.webhook_sender import WebhookSender
+from consumers.webhooks import WebhookWorker
 from store.port import Store
 
 log = structlog.get_logger("consumer")
@@ -50,6 +52,10 @@ class ConsumerService:
             decode_executor=self._decode_executor,
             model_executor=self._model_executor,
         )
+        self._sender = WebhookSender(
+            OutboundPolicy(config.outbound_allow), timeout_s=config.webhook_timeout_s
+        )
+        self._webhooks = WebhookWorker(store, broker, self._sender, schedule=config.webhook_retry_schedule)
         self._deployment = DeploymentWorker(store, models, self._results, model_executor=self._model_executor)
         self._subscriptions: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
@@ -75,6 +81,9 @@ class ConsumerService:
                 INFERENCE.name, self._dispatch(self.inference.handle), prefetch=self._config.prefetch
             ),
             await self._broker.consume(DEPLOYMENT.name, self._dispatch(self._deployment.handle), prefetch=1),
+            await self._broker.consume(
+                WEBHOOKS.name, self._dispatch(self._webhooks.handle), prefetch=self._config.webhook_prefetch
+            ),
         ]
         log.info(
             "consumer_started", prefetch=self._config.prefetch, max_batch_size=self._config.max_batch_size
@@ -95,6 +104,7 @@ class ConsumerService:
             loop_task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self._fetcher.close()
+        await self._sender.close()
         self._decode_executor.shutdown(wait=False, cancel_futures=True)
         self._model_executor.shutdown(wait=True, cancel_futures=True)
         log.info("consumer_stopped")

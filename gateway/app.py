@@ -10,7 +10,7 @@ from gateway.context import BROKER, CONFIG, STORE, WAITERS, GatewayConfig
 from gateway.metrics import metrics_middleware, serve_metrics
 from gateway.middleware import errors_middleware
 from gateway.openapi import serve_openapi
-from gateway.routes import accounts, health, networks, specs, tasks, versions
+from gateway.routes import accounts, clarifai, health, networks, specs, tasks, versions, webhooks
 from gateway.waiters import TaskWaiters, follow_task_events
 from store.port import Store
 
@@ -27,6 +27,6 @@ def create_app(config: GatewayConfig, *, store: Store, broker: Broker) -> web.Ap
     follow_task_events(app, broker, app[WAITERS])
     app.router.add_get("/openapi.json", serve_openapi)
     app.router.add_get("/metrics", serve_metrics)
-    for module in (health, accounts, networks, specs, versions, tasks):
+    for module in (health, accounts, networks, specs, versions, tasks, clarifai, webhooks):
         module.setup(app)
     return app

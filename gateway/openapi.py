@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -9,12 +10,15 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from schemas.clarifai import PostModelOutputsRequest
 from schemas.inference import InferenceRequest, InferenceResult, NetworkInferenceRequest, TensorsResult
 from schemas.networks import NetworkCreate, NetworkUpdate
 from schemas.specs import SpecCreate, SpecUpdate
 from schemas.versions import VersionCreate
+from schemas.webhooks import EndpointCreate, EndpointUpdate
 
 _V = "/v0.7"
+_CLARIFAI_OUTPUTS = "Clarifai PostModelOutputs: up to 128 inputs, answered synchronously (outputs[].data)"
 # (method, path, summary, request body model, response model)
 OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None]] = [
     ("get", f"{_V}/accounts/me/", "The caller's account", None, None),
@@ -78,6 +82,36 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
     ),
     ("get", f"{_V}/tasks/{{id}}/", "A task: pending, success (data) or error", None, None),
     ("get", f"{_V}/tasks/", "Several tasks: ?task_ids=1&task_ids=2", None, None),
+    ("get", f"{_V}/webhooks/", "List your webhook endpoints", None, None),
+    (
+        "post",
+        f"{_V}/webhooks/",
+        "Register a signed webhook endpoint",
+        EndpointCreate,
+        None,
+    ),
+    ("get", f"{_V}/webhooks/{{id}}/", "Retrieve a webhook endpoint", None, None),
+    (
+        "patch",
+        f"{_V}/webhooks/{{id}}/",
+        "Edit a webhook endpoint",
+        EndpointUpdate,
+        None,
+    ),
+    ("delete", f"{_V}/webhooks/{{id}}/", "Delete a webhook endpoint", None, None),
+    ("get", f"{_V}/webhooks/{{id}}/deliveries/", "Delivery attempts of one endpoint", None, None),
+    ("get", f"{_V}/webhooks/deliveries/", "All delivery attempts (?task_id= filters)", None, None),
+    *(
+        (
+            "post",
+            f"{prefix}/models/{{model_id}}{version}/outputs",
+            _CLARIFAI_OUTPUTS,
+            PostModelOutputsRequest,
+            None,
+        )
+        for prefix in ("/v2", "/v2/users/{user_id}/apps/{app_id}")
+        for version in ("", "/versions/{version_id}")
+    ),
 ]
 
 _WAIT = {
@@ -86,6 +120,10 @@ _WAIT = {
     "required": False,
     "description": "Long poll: answer as soon as the task(s) finish, or after this many seconds (0-60).",
     "schema": {"type": "number", "minimum": 0, "maximum": 60},
+}
+_CLARIFAI_ERROR = {
+    "description": "Error: `status.code` (Clarifai's codes) and `status.details` give the reason",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClarifaiResponse"}}},
 }
 _ERROR = {
     "description": "Error: `error` and `detail` give the reason, `field` the field at fault",
@@ -115,16 +153,27 @@ def openapi_document() -> dict[str, Any]:
         },
         "required": ["error"],
     }
+    schemas["ClarifaiResponse"] = {
+        "type": "object",
+        "properties": {
+            "status": {"type": "object"},
+            "outputs": {"type": "array", "items": {"type": "object"}},
+        },
+        "required": ["status"],
+    }
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, request, response in OPERATIONS:
+        clarifai = path.startswith("/v2/")
         operation: dict[str, Any] = {
             "summary": summary,
-            "security": [{"ApiKey": []}],
-            "responses": {"200": {"description": "OK"}, "4XX": _ERROR},
+            "security": [{"ClarifaiKey": []}, {"ApiKey": []}] if clarifai else [{"ApiKey": []}],
+            "responses": {"200": {"description": "OK"}, "4XX": _CLARIFAI_ERROR if clarifai else _ERROR},
         }
-        parameters: list[dict[str, Any]] = []
-        if "{id}" in path:
-            parameters.append({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}})
+        # Every `{name}` in the path; Clarifai's user_id and app_id are accepted and ignored.
+        parameters: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"\{(\w+)\}", path)
+        ]
         if path.startswith(f"{_V}/tasks/"):
             parameters.append(_WAIT)
         if parameters:
@@ -140,12 +189,20 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "Percept",
             "version": "0.1.0",
-            "description": "Self-hosted computer vision; Deepomatic v0.7 compatible under /v0.7.",
+            "description": "Self-hosted computer vision: Deepomatic v0.7 (/v0.7), Clarifai outputs (/v2).",
         },
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-KEY"}},
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-KEY"},
+                "ClarifaiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "`Key <api key>`",
+                },
+            },
         },
     }
 

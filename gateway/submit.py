@@ -9,6 +9,7 @@ from broker.port import BrokerUnavailable
 from broker.topology import INFERENCE, QueueSpec
 from gateway.context import BROKER, CONFIG, STORE, owner_of
 from gateway.errors import Unavailable
+from gateway.hooks import hook_task
 from gateway.images import job_image
 from gateway.routes.common import ok
 from schemas.documents import TaskDoc, TaskKind, TaskOutcome, TaskStatus
@@ -17,10 +18,13 @@ from schemas.messages import InferenceJob, ModelRef
 from store.port import TASKS
 
 
-async def new_task(request: web.Request, *, owner: str, kind: TaskKind) -> TaskDoc:
+async def new_task(
+    request: web.Request, *, owner: str, kind: TaskKind, callback_url: str | None = None
+) -> TaskDoc:
     store = request.app[STORE]
-    task = TaskDoc(id=await store.next_id("tasks"), owner=owner, kind=kind)
+    task = TaskDoc(id=await store.next_id("tasks"), owner=owner, kind=kind, callback_url=callback_url)
     await store.insert(TASKS, task)
+    await hook_task(store, task)
     return task
 
 
@@ -43,7 +47,7 @@ async def submit_inference(
         max_bytes=request.app[CONFIG].max_inline_image_bytes,
     )
     owner = owner_of(request)
-    task = await new_task(request, owner=owner, kind=TaskKind.INFERENCE)
+    task = await new_task(request, owner=owner, kind=TaskKind.INFERENCE, callback_url=inference.callback_url)
     job = InferenceJob(
         task_id=task.id,
         owner=owner,

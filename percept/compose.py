@@ -16,7 +16,7 @@ from consumers.config import ConsumerConfig
 from gateway.app import create_app
 from gateway.auth import ensure_api_key, new_api_key
 from gateway.context import GatewayConfig
-from percept.settings import Settings
+from percept.settings import Settings, retry_delays
 from store.factory import open_store
 from store.port import Store
 
@@ -42,6 +42,8 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         fetch_max_bytes=int(settings.fetch_max_mb * 1024 * 1024),
         outbound_allow=tuple(item.strip() for item in settings.outbound_allow.split(",") if item.strip()),
         model_cache_mb=settings.model_cache_mb,
+        webhook_retry_schedule=retry_delays(settings.webhook_retry_schedule),
+        webhook_timeout_s=settings.webhook_timeout_s,
     )
 
 

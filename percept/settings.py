@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     model_cache_mb: int = Field(
         default=2048, ge=1, description="budget for loaded models per consumer process"
     )
+    webhook_retry_schedule: str = Field(
+        default="5,30,120,600,1800,3600,7200,14400,28800,28800",
+        description="comma-separated seconds between webhook attempts; the default spans about a day",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300, description="per webhook attempt")
     demo_models: bool = Field(default=True, description="register the demo models on `serve`")
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"
@@ -61,12 +66,34 @@ class Settings(BaseSettings):
             raise ValueError("must be empty (SQLite in the data dir), sqlite:///path or mongodb://...")
         return value
 
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        retry_delays(value)
+        return value
+
     @field_validator("bootstrap_api_key")
     @classmethod
     def _key_length(cls, value: str) -> str:
         if value and len(value) < 16:
             raise ValueError("must be at least 16 characters")
         return value
+
+
+def retry_delays(schedule: str) -> tuple[float, ...]:
+    """`5,30,120` as seconds; empty means no retries. Raises ValueError naming the bad item."""
+    delays = []
+    for item in (part.strip() for part in schedule.split(",")):
+        if not item:
+            continue
+        try:
+            delay = float(item)
+        except ValueError:
+            raise ValueError(f"{item!r} is not a number of seconds") from None
+        if not 0 < delay <= 7 * 86400:
+            raise ValueError(f"{item!r} must be more than 0 and at most a week")
+        delays.append(delay)
+    return tuple(delays)
 
 
 class SettingsError(Exception):

@@ -13,6 +13,7 @@ from schemas.networks import Framework, NetworkPostprocessing, NetworkStatus, Pr
 from schemas.signature import Signature
 from schemas.specs import SpecOutput
 from schemas.versions import PostProcessing
+from schemas.webhooks import WebhookEvent
 
 PUBLIC_OWNER = "public"
 KEYS_OWNER = "keys"  # API keys are looked up before the tenant is known
@@ -82,6 +83,7 @@ class TaskDoc(Document):
     status: TaskStatus = TaskStatus.PENDING
     error: str | None = None
     data: dict[str, Any] | None = None
+    callback_url: str | None = None
     date_created: datetime = Field(default_factory=utc_now)
     date_updated: datetime = Field(default_factory=utc_now)
 
@@ -93,3 +95,58 @@ class TaskOutcome(BaseModel):
     status: TaskStatus
     data: dict[str, Any] | None = None
     error: str | None = None
+
+
+HOOKS_OWNER = "hooks"  # task hooks are looked up by task id before the tenant is known
+
+
+class TaskHookDoc(Document):
+    """A pending task whose end may send webhooks; `id` is the task's id. `owner` is always HOOKS_OWNER.
+
+    Written at submission, so a consumer finds a batch's hooked tasks in one read by id, across tenants.
+    """
+
+    tenant: str
+    callback_url: str | None = None
+
+
+class WebhookEndpointDoc(Document):
+    url: str
+    events: list[WebhookEvent]
+    secret: str
+    description: str = ""
+    enabled: bool = True
+    disabled_reason: str | None = None
+    create_date: datetime = Field(default_factory=utc_now)
+    update_date: datetime = Field(default_factory=utc_now)
+
+
+class WebhookSecretDoc(Document):
+    """The account's default secret, for `callback_url` deliveries; `id` is the tenant."""
+
+    secret: str
+
+
+class AttemptResult(str, Enum):
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    RETRYING = "retrying"  # failed; another attempt is scheduled
+    FAILED = "failed"  # failed, and the retry schedule is used up
+    GONE = "gone"  # the receiver answered 410: its endpoint is disabled, no retry
+    REFUSED = "refused"  # the outbound policy refused the address: no retry
+
+
+class WebhookAttemptDoc(Document):
+    """One HTTP attempt of one delivery; `id` is `<message_id>.<attempt>`."""
+
+    message_id: str
+    endpoint_id: str | None  # None: the request's callback_url
+    task_id: str
+    event: WebhookEvent
+    url: str
+    attempt: int
+    result: AttemptResult
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float
+    next_attempt_s: float | None = None
+    date: datetime = Field(default_factory=utc_now)

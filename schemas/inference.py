@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from schemas.common import BBox, LenientBool, Point, StrictModel
+from schemas.webhooks import HttpUrl
 
 
 class ImageInput(StrictModel):
@@ -24,6 +25,9 @@ class InferenceRequest(StrictModel):
     inputs: list[InferenceInput] = Field(min_length=1, max_length=1)
     show_discarded: LenientBool = False
     max_predictions: int = Field(default=100, ge=1, le=1000)
+    callback_url: HttpUrl | None = Field(
+        default=None, description="gets the task's webhook event, signed with the account's webhook_secret"
+    )
 
 
 class NetworkInferenceRequest(InferenceRequest):

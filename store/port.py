@@ -11,7 +11,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from schemas.documents import ApiKeyDoc, Document, NetworkDoc, SpecDoc, TaskDoc, TaskOutcome, VersionDoc
+from schemas.documents import (
+    ApiKeyDoc,
+    Document,
+    NetworkDoc,
+    SpecDoc,
+    TaskDoc,
+    TaskHookDoc,
+    TaskOutcome,
+    VersionDoc,
+    WebhookAttemptDoc,
+    WebhookEndpointDoc,
+    WebhookSecretDoc,
+)
 
 D = TypeVar("D", bound=Document)
 
@@ -27,7 +39,21 @@ NETWORKS = Collection("networks", NetworkDoc)
 SPECS = Collection("specs", SpecDoc)
 VERSIONS = Collection("versions", VersionDoc)
 TASKS = Collection("tasks", TaskDoc)
-ALL_COLLECTIONS: tuple[Collection[Any], ...] = (API_KEYS, NETWORKS, SPECS, VERSIONS, TASKS)
+TASK_HOOKS = Collection("task_hooks", TaskHookDoc)
+WEBHOOK_ENDPOINTS = Collection("webhook_endpoints", WebhookEndpointDoc)
+WEBHOOK_SECRETS = Collection("webhook_secrets", WebhookSecretDoc)
+WEBHOOK_ATTEMPTS = Collection("webhook_attempts", WebhookAttemptDoc)
+ALL_COLLECTIONS: tuple[Collection[Any], ...] = (
+    API_KEYS,
+    NETWORKS,
+    SPECS,
+    VERSIONS,
+    TASKS,
+    TASK_HOOKS,
+    WEBHOOK_ENDPOINTS,
+    WEBHOOK_SECRETS,
+    WEBHOOK_ATTEMPTS,
+)
 
 
 @dataclass(frozen=True)

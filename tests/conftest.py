@@ -28,6 +28,8 @@ from tests.rabbitmq import SERVER, RabbitMQ
 
 API_KEY = "test-key-0123456789abcdef"
 OTHER_KEY = "other-key-0123456789abcdef"
+WEBHOOK_RETRY_SCHEDULE = (0.05, 0.1)  # three attempts in well under a second
+WEBHOOK_TIMEOUT_S = 1.0  # short, so a test can outwait it; loopback receivers answer in milliseconds
 
 
 def png(color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
@@ -98,7 +100,11 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     broker = MemoryBroker()
     await broker.start()
     config = ConsumerConfig(
-        cache_dir=tmp_path / "cache", max_batch_delay_s=0.002, outbound_allow=("127.0.0.1/32",)
+        cache_dir=tmp_path / "cache",
+        max_batch_delay_s=0.002,
+        outbound_allow=("127.0.0.1/32",),
+        webhook_retry_schedule=WEBHOOK_RETRY_SCHEDULE,
+        webhook_timeout_s=WEBHOOK_TIMEOUT_S,
     )
     service = ConsumerService(store, broker, config)
     await service.start()

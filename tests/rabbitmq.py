@@ -15,7 +15,7 @@ from pathlib import Path
 import aio_pika
 
 from broker.amqp import declare_topology
-from broker.topology import QUEUES
+from broker.topology import DELAY_QUEUES, QUEUES
 
 SBIN = Path("/usr/lib/rabbitmq/bin")
 SERVER = SBIN / "rabbitmq-server"
@@ -135,7 +135,7 @@ async def purge_queues(url: str) -> None:
     async with await aio_pika.connect_robust(url) as connection:
         channel = await connection.channel()
         await declare_topology(channel)
-        for spec in QUEUES:
-            for name in (spec.name, spec.dead_letter_queue):
-                queue = await channel.get_queue(name, ensure=False)
-                await queue.purge()
+        names = [name for spec in QUEUES for name in (spec.name, spec.dead_letter_queue)]
+        for name in [*names, *(delay.name for delay in DELAY_QUEUES)]:
+            queue = await channel.get_queue(name, ensure=False)
+            await queue.purge()

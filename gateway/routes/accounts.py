@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.context import owner_of
+from gateway.context import STORE, owner_of
 from gateway.routes.common import add, ok
+from store.secrets import account_secret
 
 
 async def me(request: web.Request) -> web.Response:
-    return ok({"id": owner_of(request), "name": owner_of(request)})
+    owner = owner_of(request)
+    # Signs the webhooks of requests that carry a callback_url (registered endpoints have their own).
+    secret = await account_secret(request.app[STORE], owner)
+    return ok({"id": owner, "name": owner, "webhook_secret": secret})
 
 
 def setup(app: web.Application) -> None:

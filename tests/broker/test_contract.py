@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from broker.port import Broker, BrokerError, Delivery
-from broker.topology import DEPLOYMENT, INFERENCE
+from broker.topology import DEPLOYMENT, INFERENCE, WEBHOOKS
 from tests.broker.conftest import WAIT, Adapter
 
 QUEUE = INFERENCE.name
@@ -173,6 +173,30 @@ async def test_headers_round_trip(broker: Broker) -> None:
     assert (dict(delivery.headers), delivery.message_id) == (headers, "m1")
     await delivery.ack()
     await subscription.cancel()
+
+
+async def test_a_delayed_message_arrives_after_its_delay_and_holds_up_nothing(broker: Broker) -> None:
+    inbox = Inbox()
+    subscription = await broker.consume(WEBHOOKS.name, inbox, prefetch=5)
+    loop = asyncio.get_running_loop()
+    published = loop.time()
+    # 0.35 s is between delay steps: RabbitMQ takes it in several hops, each keeping the due time.
+    await broker.publish(WEBHOOKS.name, b"later", message_id="late", delay_s=0.35)
+    await broker.publish(WEBHOOKS.name, b"now", message_id="now")
+
+    first = await inbox.next()
+    assert first.message_id == "now"
+    await inbox.ack(first)
+    later = await inbox.next()
+    assert (later.body, later.message_id, later.delivery_count) == (b"later", "late", 1)
+    assert loop.time() - published >= 0.35
+    await inbox.ack(later)
+    await subscription.cancel()
+
+
+async def test_only_queues_with_delay_queues_take_a_delay(broker: Broker) -> None:
+    with pytest.raises(BrokerError, match="no delay queues"):
+        await broker.publish(QUEUE, b"{}", message_id="m1", delay_s=1.0)
 
 
 async def test_unknown_queue_is_an_error(broker: Broker) -> None:
