@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from broker.port import BrokerUnavailable
 from broker.topology import INFERENCE, QueueSpec
+from gateway import idempotency
 from gateway.context import BROKER, CONFIG, STORE, owner_of
 from gateway.errors import Unavailable
 from gateway.hooks import hook_task
@@ -19,10 +20,16 @@ from store.port import TASKS
 
 
 async def new_task(
-    request: web.Request, *, owner: str, kind: TaskKind, callback_url: str | None = None
+    request: web.Request,
+    *,
+    owner: str,
+    kind: TaskKind,
+    callback_url: str | None = None,
+    task_id: str | None = None,
 ) -> TaskDoc:
     store = request.app[STORE]
-    task = TaskDoc(id=await store.next_id("tasks"), owner=owner, kind=kind, callback_url=callback_url)
+    task_id = task_id or await store.next_id("tasks")
+    task = TaskDoc(id=task_id, owner=owner, kind=kind, callback_url=callback_url)
     await store.insert(TASKS, task)
     await hook_task(store, task)
     return task
@@ -47,7 +54,16 @@ async def submit_inference(
         max_bytes=request.app[CONFIG].max_inline_image_bytes,
     )
     owner = owner_of(request)
-    task = await new_task(request, owner=owner, kind=TaskKind.INFERENCE, callback_url=inference.callback_url)
+    key = idempotency.presented_key(request)
+    task_id = await request.app[STORE].next_id("tasks")
+    if key is not None:
+        print_ = idempotency.fingerprint(request, inference.model_dump_json().encode())
+        earlier = await idempotency.claim(request, owner=owner, key=key, print_=print_, task_id=task_id)
+        if earlier is not None:
+            return ok({"task_id": earlier})
+    task = await new_task(
+        request, owner=owner, kind=TaskKind.INFERENCE, callback_url=inference.callback_url, task_id=task_id
+    )
     job = InferenceJob(
         task_id=task.id,
         owner=owner,
@@ -57,5 +73,10 @@ async def submit_inference(
         max_predictions=inference.max_predictions,
         output_layers=inference.output_layers if isinstance(inference, NetworkInferenceRequest) else None,
     )
-    await publish_job(request, INFERENCE, task.id, job)
+    try:
+        await publish_job(request, INFERENCE, task.id, job)
+    except Unavailable:
+        if key is not None:
+            await idempotency.release(request, owner=owner, key=key)
+        raise
     return ok({"task_id": task.id})

@@ -150,3 +150,11 @@ class WebhookAttemptDoc(Document):
     duration_ms: float
     next_attempt_s: float | None = None
     date: datetime = Field(default_factory=utc_now)
+
+
+class IdempotencyDoc(Document):
+    """A submission made with an `Idempotency-Key`; `id` hashes the tenant and the key."""
+
+    task_id: str
+    fingerprint: str  # hashes the route and the request, so a key reused for another request is caught
+    date: datetime = Field(default_factory=utc_now)

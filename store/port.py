@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 from schemas.documents import (
     ApiKeyDoc,
     Document,
+    IdempotencyDoc,
     NetworkDoc,
     SpecDoc,
     TaskDoc,
@@ -43,6 +44,7 @@ TASK_HOOKS = Collection("task_hooks", TaskHookDoc)
 WEBHOOK_ENDPOINTS = Collection("webhook_endpoints", WebhookEndpointDoc)
 WEBHOOK_SECRETS = Collection("webhook_secrets", WebhookSecretDoc)
 WEBHOOK_ATTEMPTS = Collection("webhook_attempts", WebhookAttemptDoc)
+IDEMPOTENCY = Collection("idempotency", IdempotencyDoc)
 ALL_COLLECTIONS: tuple[Collection[Any], ...] = (
     API_KEYS,
     NETWORKS,
@@ -53,6 +55,7 @@ ALL_COLLECTIONS: tuple[Collection[Any], ...] = (
     WEBHOOK_ENDPOINTS,
     WEBHOOK_SECRETS,
     WEBHOOK_ATTEMPTS,
+    IDEMPOTENCY,
 )
 
 
