@@ -39,7 +39,7 @@ rabbitmq:
 bench: $(STAMP)
 	$(BIN)/python -m bench.serve_latency
 
-## Throughput of gateway + consumers + RabbitMQ + SQLite beside the raw engine (prints JSON, about 6 minutes).
+## Throughput of gateway + consumers + RabbitMQ + SQLite beside the raw engine (prints JSON, about 4 minutes).
 bench-pipeline: $(STAMP) rabbitmq
 	$(BIN)/python -m bench.pipeline
 

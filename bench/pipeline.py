@@ -1,6 +1,6 @@
 """Throughput of Percept end to end in its multi-process mode, beside the raw engine in the same run.
 
-`.venv/bin/python -m bench.pipeline [--quick]` prints one JSON object (about 6 minutes on 2 cores; --quick
+`.venv/bin/python -m bench.pipeline [--quick]` prints one JSON object (about 4 minutes on 2 cores; --quick
 about 2). For each model: the engine alone (bench.raw), then gateway + consumer + RabbitMQ + SQLite driven by
 a closed-loop HTTP client at several concurrencies, JSON/base64 and multipart uploads, each measured after a
 warm-up; then the busiest setting again with two consumers. Not part of the test suite.
