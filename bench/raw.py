@@ -22,7 +22,7 @@ from bench.images import sample_jpegs
 from bench.models import MODELS, BenchModel, ensure_built
 from engine.decode import decode_image
 from engine.model import SavedModel
-from engine.preprocess import preprocess
+from engine.preprocess import decode_min_side, preprocess
 from schemas.networks import ImagePreprocessing
 
 BATCH_SIZES = (1, 8, 16, 32)
@@ -51,8 +51,10 @@ def measure(model: BenchModel, cache: Path, jpegs: list[bytes], seconds: float) 
         per_batch[str(size)] = _rate(size, functools.partial(saved.predict, feed), seconds)
     best = max(per_batch, key=lambda size: per_batch[size])
     # One image per call on one thread: the per-core rate a consumer's decode threads can reach.
+    # As the consumer does it: JPEGs decoded in the DCT domain down to the network input's resolution.
     cycle = itertools.cycle(jpegs)
-    prepare = _rate(1, lambda: preprocess(decode_image(next(cycle)), spec), seconds)
+    min_side = decode_min_side(spec)
+    prepare = _rate(1, lambda: preprocess(decode_image(next(cycle), min_side=min_side), spec), seconds)
     return {
         "predict_images_per_s": per_batch,
         "best_batch_size": int(best),

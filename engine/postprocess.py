@@ -11,7 +11,7 @@ import numpy as np
 from engine.decoders.anchored import anchored_detections
 from engine.decoders.yolo import yolo_detections
 from engine.errors import ModelError
-from engine.nms import nms
+from engine.nms import fast_nms
 from engine.preprocess import ImageMeta, map_boxes_to_original
 from schemas.common import BBox
 from schemas.inference import (
@@ -123,7 +123,7 @@ def _detect(
         # below), and spares `discarded` near-duplicates of them.
         wanted = usable & np.isfinite(column) & (show_discarded | (column >= threshold))
         rows_wanted = np.flatnonzero(wanted)
-        for row in rows_wanted[nms(mapped[rows_wanted], column[rows_wanted], post.nms_threshold)]:
+        for row in rows_wanted[fast_nms(mapped[rows_wanted], column[rows_wanted], post.nms_threshold)]:
             xmin, ymin, xmax, ymax = (float(value) for value in mapped[row])
             candidates.append(_Candidate(float(column[row]), label, (xmin, ymin, xmax, ymax)))
     return candidates

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from engine.nms import iou_matrix, nms
+from engine.nms import fast_nms, iou_matrix, nms
 
 
 def random_boxes(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -29,6 +29,16 @@ def test_nms_keeps_what_tensorflow_keeps(seed: int, threshold: float) -> None:
         boxes[:, [1, 0, 3, 2]].astype(np.float32), scores.astype(np.float32), 60, iou_threshold=threshold
     ).numpy()
     np.testing.assert_array_equal(nms(boxes, scores, threshold), expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("count", [10, 200, 1000])
+def test_fast_nms_keeps_what_the_reference_keeps(seed: int, count: int) -> None:
+    rng = np.random.default_rng(seed)
+    boxes = random_boxes(rng, count).astype(np.float32)
+    scores = rng.random(count).astype(np.float32)
+    for threshold in (0.3, 0.5, 0.7):
+        np.testing.assert_array_equal(fast_nms(boxes, scores, threshold), nms(boxes, scores, threshold))
 
 
 def test_nms_edge_cases() -> None:

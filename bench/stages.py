@@ -1,0 +1,137 @@
+"""Engine stages per image (decode, pre-process, predict, post-process) for the demo models and MobileNetV2,
+and post-processing of 1,000 candidate boxes with NMS. Prints one JSON object.
+
+Run: `.venv/bin/python -m bench.stages` (about a minute; MobileNetV2 is built on first use, random weights).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.images import sample_jpegs
+from bench.models import MODELS, ensure_built
+from engine.decode import decode_image
+from engine.model import SavedModel
+from engine.postprocess import recognize
+from engine.preprocess import decode_min_side, preprocess
+from schemas.networks import ImagePreprocessing
+from schemas.specs import SpecOutput
+from schemas.versions import PostProcessing
+
+CACHE = Path("data/bench-models")
+ROUNDS = 60
+
+
+def _ms(call: Callable[[], object], rounds: int = ROUNDS) -> float:
+    """Median milliseconds of `call` after two warm-up calls."""
+    call()
+    call()
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(samples), 3)
+
+
+def _stages(
+    model: SavedModel,
+    spec: ImagePreprocessing,
+    images: list[bytes],
+    post: Callable[[dict[str, np.ndarray], Any], object] | None,
+) -> dict[str, Any]:
+    image = images[0]
+    min_side = decode_min_side(spec)
+    decoded_full = decode_image(image)
+    decoded = decode_image(image, min_side=min_side)
+    example, meta = preprocess(decoded, spec)
+    key = next(iter(model.signature.inputs))
+    one = {key: example[None]}
+    eight = {key: np.stack([example] * 8)}
+    outputs = model.predict(one)
+    single = {name: values[0] for name, values in outputs.items()}
+    figures: dict[str, Any] = {
+        "image": f"{decoded_full.shape[1]}x{decoded_full.shape[0]}",
+        "decode_full_ms": _ms(lambda: decode_image(image)),
+        "decode_dct_scaled_ms": _ms(lambda: decode_image(image, min_side=min_side)),
+        "decoded_size": f"{decoded.shape[1]}x{decoded.shape[0]}",
+        "preprocess_ms": _ms(lambda: preprocess(decoded, spec)),
+        "predict_batch_1_ms": _ms(lambda: model.predict(one), rounds=20),
+        "predict_batch_8_ms_per_image": round(_ms(lambda: model.predict(eight), rounds=10) / 8, 3),
+    }
+    if post is not None:
+        figures["postprocess_ms"] = _ms(lambda: post(single, meta))
+    started = time.perf_counter()
+    count = 0
+    while time.perf_counter() - started < 2.0:
+        preprocess(decode_image(images[count % len(images)], min_side=min_side), spec)
+        count += 1
+    figures["decode_preprocess_images_per_s_per_core"] = round(count / (time.perf_counter() - started), 1)
+    return figures
+
+
+def _demo_models(images: list[bytes], folder: Path) -> dict[str, Any]:
+    from engine.zoo import DEMO_MODELS
+
+    report = {}
+    for demo in DEMO_MODELS:
+        demo.build(folder / demo.key)
+        model = SavedModel.load(folder / demo.key)
+
+        def post(tensors: dict[str, np.ndarray], meta: Any, demo: Any = demo) -> object:
+            wanted = {name: tensors[name] for p in demo.post_processings for name in p.tensor_names()}
+            return recognize(
+                wanted, meta, demo.outputs, demo.post_processings, show_discarded=False, max_predictions=100
+            )
+
+        report[demo.key] = _stages(model, demo.preprocessing.inputs[0].image, images, post)
+    return report
+
+
+def _detections(labels: int, rng: np.random.Generator) -> Callable[[], object]:
+    """recognize() on 1,000 random candidate boxes (direct_output), every one above its threshold."""
+    corners = rng.uniform(0, 0.8, size=(1000, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(0.05, 0.2, size=(1000, 2))], axis=1)
+    tensors = {
+        "boxes": boxes.astype(np.float32),
+        "scores": rng.uniform(0.5, 1.0, (1000, labels)).astype(np.float32),
+    }
+    names = [{"id": index, "name": str(index)} for index in range(labels)]
+    outputs = [SpecOutput.model_validate({"labels": {"roi": "BBOX", "labels": names}})]
+    direct = {"boxes_tensor": "boxes", "scores_tensor": "scores"}
+    detection = {"thresholds": [0.5] * labels, "nms_threshold": 0.5, "direct_output": direct}
+    posts = [PostProcessing.model_validate({"detection": detection})]
+    _, meta = preprocess(np.zeros((480, 640, 3), np.uint8), ImagePreprocessing(target_size="640x480"))
+    return lambda: recognize(tensors, meta, outputs, posts, show_discarded=False, max_predictions=1000)
+
+
+def _nms_figures() -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    return {f"{labels}_labels_ms": _ms(_detections(labels, rng), rounds=20) for labels in (1, 10)}
+
+
+def main() -> None:
+    images = sample_jpegs()
+    report: dict[str, Any] = {"images": "640x480 JPEGs from scikit-image photos", "medians_over": ROUNDS}
+    with tempfile.TemporaryDirectory() as scratch:
+        report["demo_models"] = _demo_models(images, Path(scratch))
+    for bench_model in MODELS:
+        spec = ImagePreprocessing(
+            target_size=f"{bench_model.side}x{bench_model.side}", pixel_scaling=bench_model.pixel_scaling
+        )
+        model = SavedModel.load(ensure_built(bench_model, CACHE))
+        report[bench_model.key] = {"weights": "random", **_stages(model, spec, images, None)}
+    report["postprocess_1000_boxes_with_nms"] = _nms_figures()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
