@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from yarl import URL
 
-from consumers.outbound import OutboundPolicy, RefusedAddress, connector_kwargs
+from consumers.outbound import OutboundPolicy, RefusedAddress, guarded_session
 
 _MAX_REDIRECTS = 5
 
@@ -17,14 +17,13 @@ class FetchError(Exception):
 class ImageFetcher:
     def __init__(self, policy: OutboundPolicy, *, timeout_s: float, max_bytes: int) -> None:
         self._policy = policy
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._max_bytes = max_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(**connector_kwargs(self._policy))
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = guarded_session(self._policy, timeout_s=self._timeout_s)
         return self._session
 
     async def fetch(self, url: str) -> bytes:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Sequence
-from typing import Any
 
+import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
@@ -102,5 +102,7 @@ class GuardedResolver(AbstractResolver):
         await self._resolver.close()
 
 
-def connector_kwargs(policy: OutboundPolicy) -> dict[str, Any]:
-    return {"resolver": GuardedResolver(policy), "use_dns_cache": False}
+def guarded_session(policy: OutboundPolicy, *, timeout_s: float) -> aiohttp.ClientSession:
+    """An HTTP client whose every connection goes through the policy (no DNS cache: each one is checked)."""
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy), use_dns_cache=False)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s))

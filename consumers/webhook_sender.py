@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from consumers.outbound import OutboundPolicy, RefusedAddress, connector_kwargs
+from consumers.outbound import OutboundPolicy, RefusedAddress, guarded_session
 
 
 @dataclass(frozen=True)
@@ -23,13 +23,12 @@ class Sent:
 class WebhookSender:
     def __init__(self, policy: OutboundPolicy, *, timeout_s: float) -> None:
         self._policy = policy
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(**connector_kwargs(self._policy))
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = guarded_session(self._policy, timeout_s=self._timeout_s)
         return self._session
 
     async def post(self, url: str, body: str, headers: Mapping[str, str]) -> Sent:
@@ -55,7 +54,7 @@ class WebhookSender:
                 return Sent(took(), error=f"refused: {error.os_error}", refused=True)
             return Sent(took(), error=f"could not connect: {error}")
         except TimeoutError:
-            return Sent(took(), error=f"no answer within {self._timeout.total:g} s")
+            return Sent(took(), error=f"no answer within {self._timeout_s:g} s")
         except (aiohttp.ClientError, ValueError) as error:
             return Sent(took(), error=repr(error))
 
