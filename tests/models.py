@@ -31,6 +31,26 @@ class _Boxes(tf.Module):  # type: ignore[misc]
         return {"boxes": tf.tile(boxes[tf.newaxis], [batch, 1, 1]), "scores": scores}
 
 
+class _AnySize(tf.Module):  # type: ignore[misc]
+    """The brightness classifier on any input size: what resize_type NETWORK feeds."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="image")])
+    def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        mean = tf.reduce_mean(image, axis=[1, 2, 3])
+        logits = tf.stack([(0.5 - mean) * 20.0, (mean - 0.5) * 20.0], axis=1)
+        size = tf.cast(tf.shape(image)[1:3], tf.float32)
+        return {
+            "probabilities": tf.nn.softmax(logits),
+            "size": tf.tile(size[tf.newaxis], [tf.shape(image)[0], 1]),
+        }
+
+
+def build_any_size_classifier(path: Path) -> Path:
+    module = _AnySize()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
 def build_brightness_classifier(path: Path) -> Path:
     module = _Brightness()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})

@@ -277,3 +277,21 @@ async def test_network_uploaded_as_one_archive(
     response = await stack.client.post("/v0.7/networks/", data=form, headers=stack.headers())
     assert response.status == 201, await response.text()
     assert (await stack.wait_task((await response.json())["task_id"]))["status"] == "success"
+
+
+async def test_network_resize_feeds_each_image_at_its_own_size(stack: Stack, tmp_path: Path) -> None:
+    from tests.models import build_any_size_classifier
+
+    folder = build_any_size_classifier(tmp_path / "any-size")
+    network = await stack.upload_network(
+        folder, target_size="32", extra={"preprocessing.inputs[0]image.resize_type": "NETWORK"}
+    )
+    assert (await stack.wait_task(network["task_id"]))["status"] == "success"
+    path = f"/v0.7/networks/{network['id']}/inference"
+    sizes = []
+    for size in ((64, 32), (30, 60)):
+        body = {"inputs": [{"image": {"source": base64.b64encode(png((255, 255, 255), size=size)).decode()}}]}
+        task = await _infer(stack, path, {**body, "output_layers": ["size"]})
+        sizes.append(task["data"]["tensors"][0]["data"])
+    # The larger side becomes 32, the other keeps the aspect ratio: (height, width) as the network saw them.
+    assert sizes == [[16.0, 32.0], [32.0, 16.0]]
