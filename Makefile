@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: serve test check lint typecheck rabbitmq bench bench-pipeline clean
 
@@ -33,7 +34,7 @@ typecheck: $(STAMP)
 rabbitmq:
 	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || { \
 	  echo "installing rabbitmq-server (Debian package)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; }
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; }
 
 ## Start-up and latency of `percept serve` beside the raw engine (prints JSON).
 bench: $(STAMP)
