@@ -5,6 +5,8 @@ replays it inside the channel's restore, before the channel reports ready, on ev
 that rather than on `reconnect_callbacks`, because those run only after every channel has been restored (a
 consumer channel would first meet a missing queue) and their exceptions are logged and dropped.
 
+Dead letters with a reason and RPC replies go through the default exchange, straight to the named queue.
+
 Events use a channel of their own without publisher confirms, so a lost event never holds up a publish.
 A subscriber's queue outlives a dropped connection (see topology.EVENTS_QUEUE_ARGUMENTS): events published
 while it reconnects wait there, and the robust channel consumes from it again once it is back. A broker
@@ -18,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import aio_pika
@@ -36,6 +38,7 @@ from broker.port import (
     Broker,
     BrokerError,
     BrokerUnavailable,
+    DeadLetter,
     Delivery,
     EventHandler,
     Handler,
@@ -43,6 +46,7 @@ from broker.port import (
 )
 from broker.topology import (
     DEAD_LETTER_EXCHANGE,
+    DEAD_REASON_HEADER,
     DELAY_QUEUES,
     DUE_HEADER,
     EVENTS_EXCHANGE,
@@ -107,8 +111,19 @@ def _remaining_ms(message: AbstractIncomingMessage) -> int:
     return due - _now_ms() if isinstance(due, int) else 0
 
 
+def _text(value: object) -> str | None:
+    """A header value as text: AMQP tables carry strings as bytes or str depending on who wrote them."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value if isinstance(value, str) else None
+
+
+# Publishes a message through the default exchange to the queue named by the routing key, confirmed.
+DirectSend = Callable[[aio_pika.Message, str], Awaitable[None]]
+
+
 class AmqpDelivery(Delivery):
-    def __init__(self, message: AbstractIncomingMessage) -> None:
+    def __init__(self, message: AbstractIncomingMessage, spec: QueueSpec, send: DirectSend) -> None:
         headers = dict(message.headers)
         # Quorum queues count earlier deliveries in x-delivery-count (absent or 0 on the first one).
         previous = headers.pop("x-delivery-count", None)
@@ -116,7 +131,11 @@ class AmqpDelivery(Delivery):
         self.headers = headers
         self.message_id = message.message_id
         self.delivery_count = (previous if isinstance(previous, int) else 0) + 1
+        self.reply_to = message.reply_to
+        self.correlation_id = message.correlation_id
         self._message = message
+        self._spec = spec
+        self._send = send
 
     async def ack(self) -> None:
         try:
@@ -130,6 +149,21 @@ class AmqpDelivery(Delivery):
             await self._message.reject(requeue=requeue)
         except FAILURES as exc:
             raise BrokerError(f"reject failed: {exc!r}") from exc
+
+    async def dead_letter(self, reason: str) -> None:
+        copy = aio_pika.Message(
+            self.body,
+            headers={**self.headers, DEAD_REASON_HEADER: reason},
+            message_id=self.message_id,
+            reply_to=self.reply_to,
+            correlation_id=self.correlation_id,
+            content_type=self._message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        # Copy first, ack second: a failure in between leaves the original to be redelivered (and perhaps
+        # dead-lettered twice), never lost.
+        await self._send(copy, self._spec.dead_letter_queue)
+        await self.ack()
 
 
 class AmqpSubscription(Subscription):
@@ -215,6 +249,8 @@ class AmqpBroker(Broker):
         message_id: str,
         headers: Mapping[str, str] | None = None,
         delay_s: float = 0.0,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
     ) -> None:
         _spec(queue)
         routing_key = queue
@@ -225,27 +261,58 @@ class AmqpBroker(Broker):
             except KeyError as exc:
                 raise BrokerError(str(exc)) from None
             sent_headers[DUE_HEADER] = _now_ms() + round(delay_s * 1000)
-        await self._send(queue, routing_key, body, message_id, sent_headers)
-
-    async def _send(
-        self, queue: str, routing_key: str, body: bytes, message_id: str | None, headers: HeadersType
-    ) -> None:
-        _, channel, exchange = self._connected()
         message = aio_pika.Message(
             body,
-            headers=headers,
+            headers=sent_headers,
             message_id=message_id,
+            reply_to=reply_to,
+            correlation_id=correlation_id,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
+        await self._send(queue, routing_key, message)
+
+    async def _send(self, queue: str, routing_key: str, message: aio_pika.Message) -> None:
+        _, _, exchange = self._connected()
+        await self._confirmed(exchange, message, routing_key, mandatory=True, what=f"publish to {queue}")
+
+    async def _send_direct(self, message: aio_pika.Message, queue: str) -> None:
+        _, channel, _ = self._connected()
+        await self._confirmed(
+            channel.default_exchange, message, queue, mandatory=True, what=f"send to {queue}"
+        )
+
+    async def _confirmed(
+        self,
+        exchange: AbstractExchange,
+        message: aio_pika.Message,
+        routing_key: str,
+        *,
+        mandatory: bool,
+        what: str,
+    ) -> None:
+        _, channel, _ = self._connected()
         try:
             async with asyncio.timeout(self._timeout):
                 # While reconnecting this waits for the connection and the re-declared topology.
                 await channel.ready()
                 # mandatory + on_return_raises: an unroutable message raises instead of vanishing.
-                await exchange.publish(message, routing_key=routing_key, mandatory=True)
+                await exchange.publish(message, routing_key=routing_key, mandatory=mandatory)
         except FAILURES as exc:
-            raise BrokerUnavailable(f"publish to {queue} not confirmed: {exc!r}") from exc
+            raise BrokerUnavailable(f"{what} not confirmed: {exc!r}") from exc
+
+    async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
+        _, channel, _ = self._connected()
+        message = aio_pika.Message(
+            body,
+            correlation_id=correlation_id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        # Not mandatory: a producer that left took its reply queue along, and its answer has nowhere to go.
+        await self._confirmed(
+            channel.default_exchange, message, reply_to, mandatory=False, what=f"reply to {reply_to}"
+        )
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
         spec = _spec(queue)
@@ -258,7 +325,7 @@ class AmqpBroker(Broker):
                 if (remaining := _remaining_ms(message)) > 0:
                     await self._delay_further(queue, message, remaining)
                     return
-                await handler(AmqpDelivery(message))
+                await handler(AmqpDelivery(message, spec, self._send_direct))
             except Exception:
                 # The delivery stays unacknowledged until the subscription ends, as in the in-process broker.
                 log.exception("broker_handler_failed queue=%s", queue)
@@ -280,7 +347,14 @@ class AmqpBroker(Broker):
         """A delay longer than one step: the next hop keeps the due time; the handler never sees it."""
         headers = {k: v for k, v in message.headers.items() if not k.startswith("x-") or k == DUE_HEADER}
         hop = delay_queue(queue, remaining_ms).name
-        await self._send(queue, hop, message.body, message.message_id, headers)
+        forwarded = aio_pika.Message(
+            message.body,
+            headers=headers,
+            message_id=message.message_id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self._send(queue, hop, forwarded)
         await message.ack()
 
     async def publish_event(self, body: bytes) -> None:
@@ -340,22 +414,22 @@ class AmqpBroker(Broker):
             declared = await channel.declare_queue(spec.name, passive=True, robust=False)
         return _message_count(declared)
 
-    async def dead_letters(self, queue: str) -> list[bytes]:
+    async def dead_letters(self, queue: str) -> list[DeadLetter]:
         """For tests and inspection only: holds every dead letter unacked at once, then gives all back.
 
         Each message is fetched with basic.get and kept unacknowledged (a message requeued at once would be
         the next one fetched again); closing the channel returns them all in their original order.
         """
         spec = _spec(queue)
-        bodies: list[bytes] = []
+        letters: list[DeadLetter] = []
         async with self._inspection_channel() as channel:
             dead = await channel.declare_queue(spec.dead_letter_queue, passive=True, robust=False)
             for _ in range(_message_count(dead)):
                 message = await dead.get(no_ack=False, fail=False)
                 if message is None:
                     break
-                bodies.append(message.body)
-        return bodies
+                letters.append(DeadLetter(message.body, _text(message.headers.get(DEAD_REASON_HEADER))))
+        return letters
 
 
 def _message_count(queue: AbstractQueue) -> int:

@@ -21,12 +21,13 @@ from broker.port import (
     Broker,
     BrokerError,
     BrokerUnavailable,
+    DeadLetter,
     Delivery,
     EventHandler,
     Handler,
     Subscription,
 )
-from broker.topology import QUEUES, QueueSpec, delay_queue
+from broker.topology import DEAD_REASON_HEADER, QUEUES, QueueSpec, delay_queue
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,17 @@ class _Message:
     body: bytes
     headers: dict[str, Any]
     message_id: str
+    reply_to: str | None = None
+    correlation_id: str | None = None
     deliveries: int = 0  # how many times it was handed to a consumer
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An RPC answer as a producer's reply queue receives it."""
+
+    body: bytes
+    correlation_id: str | None
 
 
 @dataclass(eq=False)
@@ -45,6 +56,10 @@ class _Queue:
     ready: deque[_Message] = field(default_factory=deque)
     dead: list[_Message] = field(default_factory=list)
     subscriptions: list[MemorySubscription] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # set on every dispatch, for join()
+
+    def idle(self) -> bool:
+        return not self.ready and not any(s.unsettled() for s in self.subscriptions)
 
     def give_back(self, message: _Message) -> None:
         """An unacked delivery came back: redeliver it first, or dead-letter it once it used its limit."""
@@ -55,6 +70,7 @@ class _Queue:
 
     def dispatch(self) -> None:
         """Hand ready messages to subscriptions with free prefetch slots, round robin; runs on each change."""
+        self.changed.set()
         while self.ready:
             subscription = next((s for s in self.subscriptions if s.has_room()), None)
             if subscription is None:
@@ -73,6 +89,8 @@ class MemoryDelivery(Delivery):
         self.headers = dict(message.headers)
         self.message_id = message.message_id
         self.delivery_count = message.deliveries
+        self.reply_to = message.reply_to
+        self.correlation_id = message.correlation_id
         self._subscription = subscription
 
     async def ack(self) -> None:
@@ -88,6 +106,13 @@ class MemoryDelivery(Delivery):
             queue.dead.append(message)
         queue.dispatch()
 
+    async def dead_letter(self, reason: str) -> None:
+        message = self._subscription.settle(self)
+        message.headers[DEAD_REASON_HEADER] = reason
+        queue = self._subscription.queue
+        queue.dead.append(message)
+        queue.dispatch()
+
 
 class MemorySubscription(Subscription):
     def __init__(self, queue: _Queue, handler: Handler, prefetch: int) -> None:
@@ -100,6 +125,9 @@ class MemorySubscription(Subscription):
 
     def has_room(self) -> bool:
         return len(self._unacked) < self._prefetch
+
+    def unsettled(self) -> int:
+        return len(self._unacked)
 
     def deliver(self, message: _Message) -> None:
         delivery = MemoryDelivery(self, message)
@@ -169,6 +197,7 @@ class MemoryBroker(Broker):
         self._queues = {spec.name: _Queue(spec) for spec in QUEUES}
         self._event_subscribers: list[MemoryEventSubscription] = []
         self._timers: set[asyncio.TimerHandle] = set()  # delayed messages, lost on close like the rest
+        self._mailboxes: dict[str, asyncio.Queue[Reply]] = {}
         self._open = False
 
     def _queue(self, name: str) -> _Queue:
@@ -198,11 +227,13 @@ class MemoryBroker(Broker):
         message_id: str,
         headers: Mapping[str, str] | None = None,
         delay_s: float = 0.0,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
     ) -> None:
         target = self._queue(queue)
         if not self._open:
             raise BrokerUnavailable("the in-process broker is not started")
-        message = _Message(body, dict(headers or {}), message_id)
+        message = _Message(body, dict(headers or {}), message_id, reply_to, correlation_id)
         if delay_s <= 0:
             self._arrive(target, message)
             return
@@ -232,11 +263,32 @@ class MemoryBroker(Broker):
         target.dispatch()
         return subscription
 
+    def replies(self, reply_to: str) -> asyncio.Queue[Reply]:
+        """The mailbox named `reply_to`, opened on first use; replies sent to it from then on arrive here."""
+        return self._mailboxes.setdefault(reply_to, asyncio.Queue())
+
+    async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
+        if not self._open:
+            raise BrokerUnavailable("the in-process broker is not started")
+        mailbox = self._mailboxes.get(reply_to)
+        if mailbox is not None:
+            mailbox.put_nowait(Reply(body, correlation_id))
+
+    async def join(self, queue: str) -> None:
+        """Wait until the queue holds no ready and no unsettled message: burst-mode tests, without sleeps."""
+        target = self._queue(queue)
+        while not target.idle():
+            target.changed.clear()
+            await target.changed.wait()
+
     async def queue_depth(self, queue: str) -> int:
         return len(self._queue(queue).ready)
 
-    async def dead_letters(self, queue: str) -> list[bytes]:
-        return [message.body for message in self._queue(queue).dead]
+    async def dead_letters(self, queue: str) -> list[DeadLetter]:
+        return [
+            DeadLetter(message.body, message.headers.get(DEAD_REASON_HEADER))
+            for message in self._queue(queue).dead
+        ]
 
     async def publish_event(self, body: bytes) -> None:
         if not self._open:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -25,6 +26,8 @@ class Delivery(ABC):
     headers: Mapping[str, Any]
     message_id: str | None
     delivery_count: int  # 1 on the first delivery
+    reply_to: str | None  # AMQP properties of a request that wants an answer (queue producers' RPC)
+    correlation_id: str | None
 
     @abstractmethod
     async def ack(self) -> None: ...
@@ -32,6 +35,20 @@ class Delivery(ABC):
     @abstractmethod
     async def reject(self, *, requeue: bool) -> None:
         """requeue=False dead-letters the message (when its queue has a dead-letter queue)."""
+
+    @abstractmethod
+    async def dead_letter(self, reason: str) -> None:
+        """Settle by moving the message to its dead-letter queue with `reason` (topology.DEAD_REASON_HEADER).
+
+        RabbitMQ cannot add a header when it dead-letters a rejected message, so this publishes a copy to
+        the dead-letter queue (confirmed) and then acks the original.
+        """
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    body: bytes
+    reason: str | None  # None when the broker dead-lettered it (delivery limit, plain reject)
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -65,11 +82,21 @@ class Broker(ABC):
         message_id: str,
         headers: Mapping[str, str] | None = None,
         delay_s: float = 0.0,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
     ) -> None:
         """Persistent publish; returns once the broker confirmed it, else raises BrokerUnavailable.
 
         With `delay_s`, the message is delivered no sooner than that (to within the shortest delay step),
         without holding a consumer meanwhile; only queues with delay queues (topology.DELAY_QUEUES) take it.
+        """
+
+    @abstractmethod
+    async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
+        """Publish an RPC answer to the queue named `reply_to` (default exchange), confirmed when it exists.
+
+        A reply queue that is gone (its producer left) drops the answer silently, as RabbitMQ does;
+        BrokerUnavailable when the broker cannot be reached.
         """
 
     @abstractmethod
@@ -81,8 +108,8 @@ class Broker(ABC):
         """Messages ready in the queue (not counting unacknowledged ones)."""
 
     @abstractmethod
-    async def dead_letters(self, queue: str) -> list[bytes]:
-        """Bodies in the queue's dead-letter queue, for inspection and tests (does not consume them)."""
+    async def dead_letters(self, queue: str) -> list[DeadLetter]:
+        """The queue's dead letters, for inspection and tests (does not consume them)."""
 
     @abstractmethod
     async def publish_event(self, body: bytes) -> None:

@@ -60,7 +60,12 @@ DEPLOYMENT = QueueSpec("percept.deployment", delivery_limit=3)
 # Its own queue, so that slow or dead receivers never hold up inference; HTTP failures are retried by new,
 # delayed messages, so the limit only counts redeliveries after a consumer crash.
 WEBHOOKS = QueueSpec("percept.webhooks", delivery_limit=5)
-QUEUES: tuple[QueueSpec, ...] = (INFERENCE, DEPLOYMENT, WEBHOOKS)
+# Queue producers publish here (schemas.producer.ProducerRequest); a consumer turns each request into a task
+# and an ordinary job on INFERENCE, so both doors share batching and scale-out.
+REQUESTS = QueueSpec("percept.requests", delivery_limit=5)
+QUEUES: tuple[QueueSpec, ...] = (INFERENCE, DEPLOYMENT, WEBHOOKS, REQUESTS)
+# Why a message was dead-lettered, on the dead letter itself (Delivery.dead_letter).
+DEAD_REASON_HEADER = "x-percept-dead-reason"
 
 DUE_HEADER = "x-percept-due-ms"  # epoch milliseconds at which a delayed message is due
 # Roughly 5 times apart, so a delay of up to a day takes a handful of hops; the first step is short so

@@ -23,8 +23,9 @@ from consumers.models import ModelCache
 from consumers.results import ResultWriter
 from consumers.runner import PermanentFailure, settle
 from engine.errors import EngineError, ModelError
-from schemas.documents import TaskOutcome, TaskStatus
+from schemas.documents import TaskDoc, TaskOutcome, TaskStatus
 from schemas.messages import InferenceJob
+from schemas.producer import ProducerReply
 from store.port import TASKS, Store
 
 log = structlog.get_logger("inference")
@@ -82,25 +83,32 @@ class InferenceWorker:
                 lambda: self._process(job, delivery, received),
                 delivery_limit=INFERENCE.delivery_limit,
                 give_up=lambda reason: self._store_outcome(
-                    TaskOutcome(task_id=job.task_id, status=TaskStatus.ERROR, error=reason)
+                    job, TaskOutcome(task_id=job.task_id, status=TaskStatus.ERROR, error=reason)
                 ),
             )
 
     async def _process(self, job: InferenceJob, delivery: Delivery, received: float) -> None:
-        if delivery.delivery_count > 1 and await self._already_finished(job):
+        if delivery.delivery_count > 1 and (finished := await self._finished_task(job)) is not None:
             log.info("job_already_finished")
+            if job.reply_to is not None:
+                # The reply may be what failed last time: answer from the stored task.
+                reply = ProducerReply.of_task(
+                    finished.id, finished.status, data=finished.data, error=finished.error
+                )
+                await self._results.reply(job.reply_to, job.correlation_id, reply)
             return
-        await self._store_outcome(await self._outcome(job, received))
+        await self._store_outcome(job, await self._outcome(job, received))
 
-    async def _store_outcome(self, outcome: TaskOutcome) -> None:
-        await self._results.write(outcome)
+    async def _store_outcome(self, job: InferenceJob, outcome: TaskOutcome) -> None:
+        await self._results.write(outcome, reply_to=job.reply_to, correlation_id=job.correlation_id)
         metrics.TASKS.labels(outcome.status.value).inc()
 
-    async def _already_finished(self, job: InferenceJob) -> bool:
+    async def _finished_task(self, job: InferenceJob) -> TaskDoc | None:
+        """The job's task if it already reached a terminal state, else None."""
         task = await self._store.get(TASKS, job.task_id, owners=[job.owner])
         if task is None:
             raise PermanentFailure(f"task {job.task_id} does not exist")
-        return task.status is not TaskStatus.PENDING
+        return None if task.status is TaskStatus.PENDING else task
 
     async def _outcome(self, job: InferenceJob, received: float) -> TaskOutcome:
         try:

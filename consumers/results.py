@@ -1,4 +1,7 @@
-"""Task outcomes are written in bulk: outcomes that finish together share one store write and one event."""
+"""Task outcomes are written in bulk: outcomes that finish together share one store write and one event.
+
+A queue producer's request that asked for a reply is answered after its outcome is stored.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from broker.topology import WEBHOOKS
 from consumers.batcher import Batcher
 from schemas.documents import HOOKS_OWNER, TaskOutcome
 from schemas.messages import TaskEvent
+from schemas.producer import ProducerReply
 from schemas.webhooks import HookedTask, WebhookTrigger
 from store.port import TASK_HOOKS, Store, StoreUnavailable
 
@@ -55,6 +59,20 @@ class ResultWriter:
         except (StoreUnavailable, BrokerUnavailable) as error:
             log.error("webhook_trigger_lost", task_ids=task_ids, error=str(error))
 
-    async def write(self, outcome: TaskOutcome) -> None:
-        """Returns once the outcome is stored (or the task was already terminal) and announced."""
+    async def write(
+        self, outcome: TaskOutcome, *, reply_to: str | None = None, correlation_id: str | None = None
+    ) -> None:
+        """Returns once the outcome is stored (or the task was already terminal), announced, and replied.
+
+        A failed reply raises (BrokerUnavailable): the job is redelivered, finds its task finished and
+        replies again, so a producer may get a reply twice but never waits for a lost one.
+        """
         await self.batcher.submit(_KEY, outcome)
+        if reply_to is not None:
+            reply = ProducerReply.of_task(
+                outcome.task_id, outcome.status, data=outcome.data, error=outcome.error
+            )
+            await self.reply(reply_to, correlation_id, reply)
+
+    async def reply(self, reply_to: str, correlation_id: str | None, reply: ProducerReply) -> None:
+        await self._broker.reply(reply_to, reply.model_dump_json().encode(), correlation_id=correlation_id)

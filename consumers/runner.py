@@ -2,7 +2,8 @@
 
 Handlers return normally when the outcome (success or a user-facing error) is stored, raise
 `PermanentFailure` for messages that can never succeed, and let anything else propagate: it is retried
-until the queue's delivery limit, then the task ends in `error` and the message is dead-lettered.
+until the queue's delivery limit, then the task ends in `error` and the message is dead-lettered. A dead
+letter carries its reason (topology.DEAD_REASON_HEADER), for whoever inspects the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ async def settle(
         await handle()
     except PermanentFailure as error:
         log.warning("job_dead_lettered", reason=str(error), delivery_count=delivery.delivery_count)
-        await delivery.reject(requeue=False)
+        await delivery.dead_letter(str(error))
         return
     except Exception as error:
         if delivery.delivery_count >= delivery_limit:
@@ -43,7 +44,7 @@ async def settle(
             try:
                 await give_up(reason)
             finally:
-                await delivery.reject(requeue=False)
+                await delivery.dead_letter(reason)
             return
         log.warning("job_retried", error=repr(error), delivery_count=delivery.delivery_count, exc_info=True)
         await delivery.reject(requeue=True)

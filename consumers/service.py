@@ -10,16 +10,18 @@ from typing import Any
 import structlog
 
 from broker.port import Broker, Delivery, Handler, Subscription
-from broker.topology import DEPLOYMENT, INFERENCE, WEBHOOKS
+from broker.topology import DEPLOYMENT, INFERENCE, REQUESTS, WEBHOOKS
 from consumers.config import ConsumerConfig
 from consumers.deployment import DeploymentWorker
 from consumers.fetch import ImageFetcher
 from consumers.inference import InferenceWorker
 from consumers.models import ModelCache
 from consumers.outbound import OutboundPolicy
+from consumers.producer import ProducerWorker
 from consumers.results import ResultWriter
 from consumers.webhook_sender import WebhookSender
 from consumers.webhooks import WebhookWorker
+from store.api_keys import KeyCache
 from store.port import Store
 
 log = structlog.get_logger("consumer")
@@ -57,6 +59,7 @@ class ConsumerService:
         )
         self._webhooks = WebhookWorker(store, broker, self._sender, schedule=config.webhook_retry_schedule)
         self._deployment = DeploymentWorker(store, models, self._results, model_executor=self._model_executor)
+        self._producer = ProducerWorker(store, broker, KeyCache())
         self._subscriptions: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -83,6 +86,10 @@ class ConsumerService:
             await self._broker.consume(DEPLOYMENT.name, self._dispatch(self._deployment.handle), prefetch=1),
             await self._broker.consume(
                 WEBHOOKS.name, self._dispatch(self._webhooks.handle), prefetch=self._config.webhook_prefetch
+            ),
+            # A request only records a task and queues a job; prefetch bounds how many do so at once.
+            await self._broker.consume(
+                REQUESTS.name, self._dispatch(self._producer.handle), prefetch=self._config.prefetch
             ),
         ]
         log.info(

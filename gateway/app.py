@@ -5,13 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.port import Broker
-from gateway.auth import KeyCache, auth_middleware
+from gateway.auth import auth_middleware
 from gateway.context import BROKER, CONFIG, STORE, WAITERS, GatewayConfig
 from gateway.metrics import metrics_middleware, serve_metrics
 from gateway.middleware import errors_middleware
 from gateway.openapi import serve_openapi
-from gateway.routes import accounts, clarifai, health, networks, specs, tasks, versions, webhooks
+from gateway.routes import accounts, clarifai, contracts, health, networks, specs, tasks, versions, webhooks
 from gateway.waiters import TaskWaiters, follow_task_events
+from store.api_keys import KeyCache
 from store.port import Store
 
 
@@ -27,6 +28,6 @@ def create_app(config: GatewayConfig, *, store: Store, broker: Broker) -> web.Ap
     follow_task_events(app, broker, app[WAITERS])
     app.router.add_get("/openapi.json", serve_openapi)
     app.router.add_get("/metrics", serve_metrics)
-    for module in (health, accounts, networks, specs, versions, tasks, clarifai, webhooks):
+    for module in (health, accounts, networks, specs, versions, tasks, clarifai, webhooks, contracts):
         module.setup(app)
     return app

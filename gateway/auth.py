@@ -1,13 +1,11 @@
 """API keys: `X-API-KEY` (Deepomatic) or `Authorization: Key <key>` (Clarifai), on every surface.
 
-Keys are stored hashed; lookups are cached briefly.
+Keys are stored hashed; lookups are cached briefly (store.api_keys, shared with the queue producers' door).
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -15,14 +13,19 @@ from aiohttp.typedefs import Handler, Middleware
 from gateway.context import OWNER, STORE
 from gateway.errors import NotAuthenticated
 from schemas.documents import KEYS_OWNER, ApiKeyDoc
+from store.api_keys import KeyCache, hash_key
 from store.port import API_KEYS, DuplicateId, Store
 
-_CACHE_SECONDS = 30.0
-_PUBLIC_PREFIXES = ("/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+# The producer contract is public like the OpenAPI document: it holds no tenant's data.
+_PUBLIC_PREFIXES = (
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/asyncapi.json",
+    "/schemas/producer-message.json",
+    "/docs",
+    "/metrics",
+)
 
 
 def new_api_key() -> str:
@@ -44,27 +47,6 @@ async def ensure_api_key(store: Store, key: str, *, owner: str | None = None, na
         assert raced is not None
         return raced.tenant
     return tenant
-
-
-class KeyCache:
-    """Positive lookups only, so a new key works at once and a deleted key stops within the TTL."""
-
-    def __init__(self) -> None:
-        self._owners: dict[str, tuple[str, float]] = {}
-
-    async def owner(self, store: Store, key: str) -> str | None:
-        hashed = hash_key(key)
-        cached = self._owners.get(hashed)
-        now = time.monotonic()
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        doc = await store.get(API_KEYS, hashed, owners=[KEYS_OWNER])
-        if doc is None:
-            return None
-        if len(self._owners) > 10_000:
-            self._owners.clear()
-        self._owners[hashed] = (doc.tenant, now + _CACHE_SECONDS)
-        return doc.tenant
 
 
 def presented_key(request: web.Request) -> tuple[str | None, str]:

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from gateway.asyncapi import ASYNCAPI_PATH
 from schemas.clarifai import PostModelOutputsRequest
 from schemas.inference import InferenceRequest, InferenceResult, NetworkInferenceRequest, TensorsResult
 from schemas.networks import NetworkCreate, NetworkUpdate
@@ -190,7 +191,10 @@ def openapi_document() -> dict[str, Any]:
             "title": "Percept",
             "version": "0.1.0",
             "description": "Self-hosted computer vision: Deepomatic v0.7 (/v0.7), Clarifai outputs (/v2).",
+            # Queue producers publish to RabbitMQ instead; their contract is an AsyncAPI document.
+            "x-asyncapi": ASYNCAPI_PATH,
         },
+        "externalDocs": {"description": "Queue producers (AsyncAPI 3.0)", "url": ASYNCAPI_PATH},
         "paths": paths,
         "components": {
             "schemas": schemas,

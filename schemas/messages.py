@@ -53,6 +53,9 @@ class InferenceJob(BaseModel):
     show_discarded: bool = False
     max_predictions: int = 100
     output_layers: list[str] | None = None
+    # A queue producer's RPC: the consumer that stores the result publishes it to `reply_to` as well.
+    reply_to: str | None = None
+    correlation_id: str | None = None
 
 
 class DeploymentJob(BaseModel):

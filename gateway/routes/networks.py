@@ -19,7 +19,8 @@ from schemas.common import utc_now
 from schemas.documents import PUBLIC_OWNER, NetworkDoc, TaskKind
 from schemas.inference import NetworkInferenceRequest
 from schemas.messages import DeploymentJob, ModelRef
-from schemas.networks import NetworkCreate, NetworkStatus, NetworkUpdate
+from schemas.networks import NetworkCreate, NetworkUpdate
+from store.model_refs import NotRunnable, network_model_ref
 from store.port import NETWORKS, VERSIONS, network_file_key
 
 
@@ -103,15 +104,10 @@ async def delete_network(request: web.Request) -> web.Response:
 
 
 def ready_model_ref(network: NetworkDoc) -> ModelRef:
-    if network.status is NetworkStatus.FAILED:
-        raise InvalidInput(
-            f"network {network.id} failed its deployment; see task {network.task_id}", field="network_id"
-        )
-    if network.status is not NetworkStatus.READY:
-        raise InvalidInput(
-            f"network {network.id} is still deploying; wait for task {network.task_id}", field="network_id"
-        )
-    return ModelRef(network_id=network.id, network_files=network.files, preprocessing=network.preprocessing)
+    try:
+        return network_model_ref(network)
+    except NotRunnable as error:
+        raise InvalidInput(str(error), field=error.field) from None
 
 
 async def infer_network(request: web.Request) -> web.Response:

@@ -12,7 +12,6 @@ from gateway.context import STORE, owner_of
 from gateway.errors import InvalidInput, NotFound
 from gateway.pagination import page_body, page_params
 from gateway.routes.common import add, no_content, ok, parse, path_id
-from gateway.routes.networks import ready_model_ref
 from gateway.submit import submit_inference
 from schemas.checks import check_post_processings
 from schemas.common import utc_now
@@ -20,6 +19,7 @@ from schemas.documents import PUBLIC_OWNER, SpecDoc, VersionDoc
 from schemas.inference import InferenceRequest
 from schemas.messages import ModelRef
 from schemas.versions import VersionCreate
+from store.model_refs import NotRunnable, version_model_ref
 from store.port import NETWORKS, SPECS, VERSIONS
 
 
@@ -108,21 +108,10 @@ async def delete_version(request: web.Request) -> web.Response:
 async def model_ref_for_version(
     request: web.Request, version: VersionDoc, *, spec: SpecDoc | None = None
 ) -> ModelRef:
-    store = request.app[STORE]
-    owners = [version.owner, PUBLIC_OWNER]
-    if spec is None:
-        spec = await store.get(SPECS, version.spec_id, owners=owners)
-    network = await store.get(NETWORKS, version.network_id, owners=owners)
-    if spec is None or network is None:
-        raise InvalidInput(f"version {version.id} lost its spec or network", field="version_id")
-    model = ready_model_ref(network)
-    return model.model_copy(
-        update={
-            "version_id": version.id,
-            "outputs": spec.outputs,
-            "post_processings": version.post_processings,
-        }
-    )
+    try:
+        return await version_model_ref(request.app[STORE], version, spec)
+    except NotRunnable as error:
+        raise InvalidInput(str(error), field=error.field) from None
 
 
 async def infer_version(request: web.Request) -> web.Response:

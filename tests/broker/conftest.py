@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from broker.amqp import AmqpBroker
 from broker.memory import MemoryBroker
-from broker.port import Broker
+from broker.port import Broker, DeadLetter
 from broker.topology import queue_spec
 from tests.rabbitmq import purge_queues
 
@@ -31,7 +31,7 @@ class Adapter:
     broker: Broker
     url: str | None = None  # the RabbitMQ behind it, if any
 
-    async def dead_letters(self, queue: str, count: int) -> list[bytes]:
+    async def dead_letters(self, queue: str, count: int) -> list[DeadLetter]:
         """The queue's dead letters once there are at least `count` of them."""
         if self.url is not None:
             await _await_messages(self.url, queue_spec(queue).dead_letter_queue, count)

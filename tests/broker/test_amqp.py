@@ -126,3 +126,21 @@ async def test_publish_event_gives_up_quickly_when_the_broker_goes_away(
     await broker.publish_event(b"lost")  # logged, not raised
     assert time.monotonic() - started < EVENT_PUBLISH_TIMEOUT + 1
     await broker.close()
+
+
+async def test_reply_reaches_the_producers_queue_and_a_missing_one_is_dropped(rabbitmq_url: str) -> None:
+    broker = AmqpBroker(rabbitmq_url)
+    await broker.start()
+    async with await aio_pika.connect(rabbitmq_url) as connection:
+        channel = await connection.channel()
+        replies = await channel.declare_queue(exclusive=True)  # as a producer's RPC client declares it
+
+        await broker.reply(replies.name, b'{"ok": true}', correlation_id="c1")
+        # Its producer left: confirmed and dropped, not an error that would hold up the job.
+        await broker.reply("amq.gen-nobody-listens-here", b"{}", correlation_id="c2")
+
+        async with replies.iterator(timeout=WAIT) as messages:
+            message = await anext(messages)
+        assert (message.body, message.correlation_id) == (b'{"ok": true}', "c1")
+        await message.ack()
+    await broker.close()

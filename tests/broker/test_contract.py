@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker.port import Broker, BrokerError, Delivery
+from broker.port import Broker, BrokerError, DeadLetter, Delivery
 from broker.topology import DEPLOYMENT, INFERENCE, WEBHOOKS
 from tests.broker.conftest import WAIT, Adapter
 
@@ -97,7 +97,7 @@ async def test_dead_letters_after_the_delivery_limit(adapter: Adapter) -> None:
         assert delivery.delivery_count == attempt
         await delivery.reject(requeue=True)
 
-    assert await adapter.dead_letters(queue, 1) == [b"poison"]
+    assert await adapter.dead_letters(queue, 1) == [DeadLetter(b"poison", None)]
     assert await broker.queue_depth(queue) == 0
     await subscription.cancel()
 
@@ -110,9 +110,36 @@ async def test_reject_without_requeue_dead_letters(adapter: Adapter) -> None:
 
     await (await inbox.next()).reject(requeue=False)
 
-    assert await adapter.dead_letters(QUEUE, 1) == [b"bad"]
+    assert await adapter.dead_letters(QUEUE, 1) == [DeadLetter(b"bad", None)]
     # Reading dead letters does not consume them.
-    assert await broker.dead_letters(QUEUE) == [b"bad"]
+    assert await broker.dead_letters(QUEUE) == [DeadLetter(b"bad", None)]
+    await subscription.cancel()
+
+
+async def test_dead_letter_records_the_reason(adapter: Adapter) -> None:
+    broker = adapter.broker
+    inbox = Inbox()
+    await broker.publish(QUEUE, b"bad", message_id="m1")
+    subscription = await broker.consume(QUEUE, inbox, prefetch=1)
+
+    await (await inbox.next()).dead_letter("not a job: missing task_id")
+
+    assert await adapter.dead_letters(QUEUE, 1) == [DeadLetter(b"bad", "not a job: missing task_id")]
+    assert await broker.queue_depth(QUEUE) == 0
+    await subscription.cancel()
+
+
+async def test_delivery_carries_reply_to_and_correlation_id(broker: Broker) -> None:
+    inbox = Inbox()
+    await broker.publish(QUEUE, b"ask", message_id="m1", reply_to="answers", correlation_id="c1")
+    await broker.publish(QUEUE, b"tell", message_id="m2")
+    subscription = await broker.consume(QUEUE, inbox, prefetch=2)
+
+    asked, told = await inbox.next(), await inbox.next()
+    assert (asked.reply_to, asked.correlation_id) == ("answers", "c1")
+    assert (told.reply_to, told.correlation_id) == (None, None)
+    await asked.ack()
+    await told.ack()
     await subscription.cancel()
 
 

@@ -1,0 +1,126 @@
+"""Queue producers' requests: authenticate, validate, resolve the model, record a task, queue a job.
+
+The job is an ordinary `InferenceJob` on `percept.inference`, so requests from producers and from HTTP share
+batching and scale-out. A request that can never be run (no or unknown API key, malformed, unknown version)
+creates no task: it is dead-lettered to `percept.requests.dead` with its reason, and refused in a reply when
+it asked for one. Anything else that fails (store or broker away) is retried by the runner.
+"""
+
+from __future__ import annotations
+
+import structlog
+from pydantic import ValidationError
+
+from broker.port import Broker, BrokerUnavailable, Delivery
+from broker.topology import INFERENCE, REQUESTS
+from consumers.runner import PermanentFailure, settle
+from schemas.documents import TaskDoc, TaskKind, TaskOutcome, TaskStatus
+from schemas.messages import InferenceJob, ModelRef
+from schemas.producer import API_KEY_HEADER, ProducerReply, ProducerRequest
+from store.api_keys import KeyCache
+from store.model_refs import NotRunnable, spec_model, version_model
+from store.port import TASKS, Store
+
+log = structlog.get_logger("producer")
+
+# Replies must not feed Percept's own queues: a reply there would be read as work.
+_OWN_QUEUES = "percept."
+
+
+class Refused(Exception):
+    """The request can never be run; the message says why, to the producer and in the dead letter."""
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "message"
+    return f"invalid request: {where}: {first['msg']}"
+
+
+def _api_key(delivery: Delivery) -> str:
+    value = delivery.headers.get(API_KEY_HEADER)
+    key = value.decode(errors="replace") if isinstance(value, bytes) else value
+    if not isinstance(key, str) or not key:
+        raise Refused(f"not authenticated: no API key in the {API_KEY_HEADER!r} header")
+    return key
+
+
+def _parse(delivery: Delivery) -> ProducerRequest:
+    if delivery.reply_to is not None and delivery.reply_to.startswith(_OWN_QUEUES):
+        raise Refused(f"reply_to must not name a Percept queue ({delivery.reply_to})")
+    try:
+        return ProducerRequest.model_validate_json(delivery.body)
+    except ValidationError as error:
+        raise Refused(_first_error(error)) from None
+
+
+class ProducerWorker:
+    def __init__(self, store: Store, broker: Broker, keys: KeyCache) -> None:
+        self._store = store
+        self._broker = broker
+        self._keys = keys
+
+    async def handle(self, delivery: Delivery) -> None:
+        with structlog.contextvars.bound_contextvars(
+            message_id=delivery.message_id, delivery_count=delivery.delivery_count
+        ):
+            await settle(
+                delivery,
+                lambda: self._accept(delivery),
+                delivery_limit=REQUESTS.delivery_limit,
+                give_up=lambda reason: self._refuse(delivery, reason),
+            )
+
+    async def _accept(self, delivery: Delivery) -> None:
+        try:
+            # The key first: an unauthenticated message gets no further work, not even parsing.
+            owner = await self._keys.owner(self._store, _api_key(delivery))
+            if owner is None:
+                raise Refused("not authenticated: invalid API key")
+            request = _parse(delivery)
+            model = await self._model(owner, request)
+        except Refused as refusal:
+            await self._refuse(delivery, str(refusal))
+            raise PermanentFailure(str(refusal)) from None
+        task = TaskDoc(id=await self._store.next_id("tasks"), owner=owner, kind=TaskKind.INFERENCE)
+        await self._store.insert(TASKS, task)
+        job = InferenceJob(
+            task_id=task.id,
+            owner=owner,
+            model=model,
+            image=request.image.job_image(),
+            show_discarded=request.show_discarded,
+            max_predictions=request.max_predictions,
+            reply_to=delivery.reply_to,
+            correlation_id=delivery.correlation_id,
+        )
+        try:
+            await self._broker.publish(INFERENCE.name, job.model_dump_json().encode(), message_id=task.id)
+        except BrokerUnavailable as error:
+            # As the gateway does: the task does not stay pending forever. The runner requeues the request,
+            # and its next delivery records a new task.
+            outcome = TaskOutcome(
+                task_id=task.id, status=TaskStatus.ERROR, error=f"could not be queued: {error}"
+            )
+            await self._store.finish_tasks([outcome])
+            raise
+        log.info("request_accepted", task_id=task.id, tenant=owner)
+
+    async def _model(self, owner: str, request: ProducerRequest) -> ModelRef:
+        try:
+            if request.version_id is not None:
+                return await version_model(self._store, owner, request.version_id)
+            assert request.spec_id is not None  # the model's validator wants exactly one
+            return await spec_model(self._store, owner, request.spec_id)
+        except NotRunnable as error:
+            raise Refused(str(error)) from None
+
+    async def _refuse(self, delivery: Delivery, reason: str) -> None:
+        """Tell a producer that asked for a reply why no task was created."""
+        reply_to = delivery.reply_to
+        if reply_to is None or reply_to.startswith(_OWN_QUEUES):
+            return
+        reply = ProducerReply.refused(reason)
+        await self._broker.reply(
+            reply_to, reply.model_dump_json().encode(), correlation_id=delivery.correlation_id
+        )
