@@ -18,6 +18,7 @@ from schemas.documents import TaskDoc, TaskKind, TaskOutcome, TaskStatus
 from schemas.messages import InferenceJob, ModelRef
 from schemas.producer import API_KEY_HEADER, ProducerReply, ProducerRequest
 from store.api_keys import KeyCache
+from store.hooks import hook_task
 from store.model_refs import NotRunnable, spec_model, version_model
 from store.port import TASKS, Store
 
@@ -84,6 +85,7 @@ class ProducerWorker:
             raise PermanentFailure(str(refusal)) from None
         task = TaskDoc(id=await self._store.next_id("tasks"), owner=owner, kind=TaskKind.INFERENCE)
         await self._store.insert(TASKS, task)
+        await hook_task(self._store, task)  # the tenant's webhook endpoints hear of it like any other task
         job = InferenceJob(
             task_id=task.id,
             owner=owner,

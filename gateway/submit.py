@@ -10,12 +10,12 @@ from broker.topology import INFERENCE, QueueSpec
 from gateway import idempotency
 from gateway.context import BROKER, CONFIG, STORE, owner_of
 from gateway.errors import Unavailable
-from gateway.hooks import hook_task
 from gateway.images import job_image
 from gateway.routes.common import ok
 from schemas.documents import TaskDoc, TaskKind, TaskOutcome, TaskStatus
 from schemas.inference import InferenceRequest, NetworkInferenceRequest
 from schemas.messages import InferenceJob, ModelRef
+from store.hooks import hook_task
 from store.port import TASKS
 
 

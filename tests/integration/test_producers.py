@@ -272,3 +272,19 @@ async def test_the_readme_producer_gets_its_reply_over_rabbitmq(
     finally:
         await service.stop(grace_s=5)
         await broker.close()
+
+
+async def test_producer_tasks_reach_the_tenants_webhook_endpoints(
+    stack: Stack, tiny_models: dict[str, Path], receiver_factory: Any
+) -> None:
+    receiver = await receiver_factory()
+    response = await stack.client.post(
+        "/v0.7/webhooks/", json={"url": receiver.url, "events": ["task.succeeded"]}, headers=stack.headers()
+    )
+    endpoint = await response.json()
+    _, version = await _classifier_version(stack, tiny_models)
+    stack.broker.replies(REPLIES)
+    await publish(stack, request(str(version["id"])), correlation_id="hooked")
+    answer = await reply(stack)
+    payload = (await receiver.next()).verified(endpoint["secret"])
+    assert (payload["type"], payload["data"]["id"]) == ("task.succeeded", answer["task_id"])

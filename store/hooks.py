@@ -1,4 +1,7 @@
-"""Hooking a task at submission, so the consumer that finishes it finds its webhooks in one read by id."""
+"""Hooking a task at submission, so the consumer that finishes it finds its webhooks in one read by id.
+
+Every door that creates tasks calls it: the HTTP gateway and the queue-producer consumer.
+"""
 
 from __future__ import annotations
 
