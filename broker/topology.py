@@ -63,7 +63,10 @@ WEBHOOKS = QueueSpec("percept.webhooks", delivery_limit=5)
 # Queue producers publish here (schemas.producer.ProducerRequest); a consumer turns each request into a task
 # and an ordinary job on INFERENCE, so both doors share batching and scale-out.
 REQUESTS = QueueSpec("percept.requests", delivery_limit=5)
-QUEUES: tuple[QueueSpec, ...] = (INFERENCE, DEPLOYMENT, WEBHOOKS, REQUESTS)
+# Annolab batch jobs: each message is one chunk of a job's sources (schemas.annolab.BatchChunk), which a
+# consumer turns into ordinary jobs on INFERENCE; chunks are published as earlier ones finish.
+BATCH = QueueSpec("percept.batch", delivery_limit=5)
+QUEUES: tuple[QueueSpec, ...] = (INFERENCE, DEPLOYMENT, WEBHOOKS, REQUESTS, BATCH)
 # Why a message was dead-lettered, on the dead letter itself (Delivery.dead_letter).
 DEAD_REASON_HEADER = "x-percept-dead-reason"
 

@@ -12,6 +12,7 @@ import structlog
 
 from broker.port import Broker, BrokerUnavailable
 from broker.topology import WEBHOOKS
+from consumers.batch_progress import BatchProgress
 from consumers.batcher import Batcher
 from schemas.documents import HOOKS_OWNER, TaskOutcome
 from schemas.messages import TaskEvent
@@ -28,11 +29,15 @@ class ResultWriter:
     def __init__(self, store: Store, broker: Broker, *, max_size: int = 256) -> None:
         self._store = store
         self._broker = broker
+        self._batches = BatchProgress(store, broker)
         self.batcher: Batcher[TaskOutcome, None] = Batcher(self._write_many, max_size=max_size, max_delay=0.0)
 
     async def _write_many(self, _key: Hashable, outcomes: Sequence[TaskOutcome]) -> list[None]:
+        jobs = await self._batches.record(outcomes)
         await self._store.finish_tasks(outcomes)
-        task_ids = [outcome.task_id for outcome in outcomes]
+        # Batch jobs that ended finished their own task: announced and hooked like the others.
+        ended = await self._batches.advance(jobs) if jobs else []
+        task_ids = [outcome.task_id for outcome in outcomes] + ended
         # Only after the write: whoever the event wakes reads the stored outcome. Tasks that were already
         # terminal (a redelivery) are named too; waking their waiters again is harmless.
         event = TaskEvent(task_ids=task_ids)

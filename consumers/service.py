@@ -10,7 +10,8 @@ from typing import Any
 import structlog
 
 from broker.port import Broker, Delivery, Handler, Subscription
-from broker.topology import DEPLOYMENT, INFERENCE, REQUESTS, WEBHOOKS
+from broker.topology import BATCH, DEPLOYMENT, INFERENCE, REQUESTS, WEBHOOKS
+from consumers.batch import BatchWorker
 from consumers.config import ConsumerConfig
 from consumers.deployment import DeploymentWorker
 from consumers.fetch import ImageFetcher
@@ -60,6 +61,7 @@ class ConsumerService:
         self._webhooks = WebhookWorker(store, broker, self._sender, schedule=config.webhook_retry_schedule)
         self._deployment = DeploymentWorker(store, models, self._results, model_executor=self._model_executor)
         self._producer = ProducerWorker(store, broker, KeyCache())
+        self._batch = BatchWorker(store, broker, self._results)
         self._subscriptions: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -91,6 +93,8 @@ class ConsumerService:
             await self._broker.consume(
                 REQUESTS.name, self._dispatch(self._producer.handle), prefetch=self._config.prefetch
             ),
+            # One chunk at a time: a chunk publishes CHUNK_SIZE jobs, reading one image at a time.
+            await self._broker.consume(BATCH.name, self._dispatch(self._batch.handle), prefetch=1),
         ]
         log.info(
             "consumer_started", prefetch=self._config.prefetch, max_batch_size=self._config.max_batch_size

@@ -10,7 +10,19 @@ from gateway.context import BROKER, CONFIG, STORE, WAITERS, GatewayConfig
 from gateway.metrics import metrics_middleware, serve_metrics
 from gateway.middleware import errors_middleware
 from gateway.openapi import serve_openapi
-from gateway.routes import accounts, clarifai, contracts, health, networks, specs, tasks, versions, webhooks
+from gateway.routes import (
+    accounts,
+    batch,
+    clarifai,
+    contracts,
+    health,
+    networks,
+    projects,
+    specs,
+    tasks,
+    versions,
+    webhooks,
+)
 from gateway.waiters import TaskWaiters, follow_task_events
 from store.api_keys import KeyCache
 from store.port import Store
@@ -28,6 +40,19 @@ def create_app(config: GatewayConfig, *, store: Store, broker: Broker) -> web.Ap
     follow_task_events(app, broker, app[WAITERS])
     app.router.add_get("/openapi.json", serve_openapi)
     app.router.add_get("/metrics", serve_metrics)
-    for module in (health, accounts, networks, specs, versions, tasks, clarifai, webhooks, contracts):
+    routes = (
+        health,
+        accounts,
+        networks,
+        specs,
+        versions,
+        tasks,
+        clarifai,
+        webhooks,
+        contracts,
+        projects,
+        batch,
+    )
+    for module in routes:
         module.setup(app)
     return app

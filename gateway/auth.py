@@ -1,4 +1,5 @@
-"""API keys: `X-API-KEY` (Deepomatic) or `Authorization: Key <key>` (Clarifai), on every surface.
+"""API keys: `X-API-KEY` (Deepomatic), `Authorization: Key <key>` (Clarifai) or `Authorization: Api-Key <key>`
+(Annolab), on every surface.
 
 Keys are stored hashed; lookups are cached briefly (store.api_keys, shared with the queue producers' door).
 """
@@ -55,7 +56,7 @@ def presented_key(request: web.Request) -> tuple[str | None, str]:
     if key:
         return key, "X-API-KEY"
     scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() == "key" and credentials.strip():
+    if scheme.lower() in {"key", "api-key"} and credentials.strip():
         return credentials.strip(), "Authorization"
     return None, "X-API-KEY"
 
@@ -68,7 +69,8 @@ def auth_middleware(cache: KeyCache) -> Middleware:
         key, header = presented_key(request)
         if not key:
             raise NotAuthenticated(
-                "Authentication credentials were not provided (X-API-KEY or Authorization: Key <key>).",
+                "Authentication credentials were not provided"
+                " (X-API-KEY, Authorization: Key <key> or Authorization: Api-Key <key>).",
                 field=header,
             )
         owner = await cache.owner(request.app[STORE], key)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway.asyncapi import ASYNCAPI_PATH
+from schemas.annolab import BatchInferenceRequest, ProjectCreate, SourceUrl
 from schemas.clarifai import PostModelOutputsRequest
 from schemas.inference import InferenceRequest, InferenceResult, NetworkInferenceRequest, TensorsResult
 from schemas.networks import NetworkCreate, NetworkUpdate
@@ -113,6 +114,38 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
         for prefix in ("/v2", "/v2/users/{user_id}/apps/{app_id}")
         for version in ("", "/versions/{version_id}")
     ),
+    ("post", "/v1/projects", "Create a project (dataset); names are unique per account", ProjectCreate, None),
+    ("get", "/v1/projects", "List your projects", None, None),
+    (
+        "post",
+        "/v1/projects/{project}/sources",
+        "Add a source: multipart part `file` (an image), or JSON {url} fetched at inference",
+        SourceUrl,
+        None,
+    ),
+    ("get", "/v1/projects/{project}/sources", "List a project's sources (?offset&limit)", None, None),
+    (
+        "get",
+        "/v1/projects/{project}/sources/{source}/predictions",
+        "A source's predictions, one per layer",
+        None,
+        None,
+    ),
+    ("get", "/v1/projects/{project}/layers/{layer}/predictions", "A layer's predictions", None, None),
+    (
+        "post",
+        "/v1/infer/batch",
+        "Queue an Annolab inference job over stored sources; answers inferenceJobId (a string) and Queued",
+        BatchInferenceRequest,
+        None,
+    ),
+    (
+        "get",
+        "/v1/infer/batch/{job_id}",
+        "An inference job: Queued, Running, Finished or Errored, with progress (done, failed, total)",
+        None,
+        None,
+    ),
 ]
 
 _WAIT = {
@@ -165,9 +198,15 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, request, response in OPERATIONS:
         clarifai = path.startswith("/v2/")
+        annolab = path.startswith("/v1/")
+        security: list[dict[str, list[str]]] = [{"ApiKey": []}]
+        if clarifai:
+            security = [{"ClarifaiKey": []}, {"ApiKey": []}]
+        elif annolab:
+            security = [{"AnnolabKey": []}, {"ApiKey": []}]
         operation: dict[str, Any] = {
             "summary": summary,
-            "security": [{"ClarifaiKey": []}, {"ApiKey": []}] if clarifai else [{"ApiKey": []}],
+            "security": security,
             "responses": {"200": {"description": "OK"}, "4XX": _CLARIFAI_ERROR if clarifai else _ERROR},
         }
         # Every `{name}` in the path; Clarifai's user_id and app_id are accepted and ignored.
@@ -190,7 +229,10 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "Percept",
             "version": "0.1.0",
-            "description": "Self-hosted computer vision: Deepomatic v0.7 (/v0.7), Clarifai outputs (/v2).",
+            "description": (
+                "Self-hosted computer vision: Deepomatic v0.7 (/v0.7), Clarifai outputs (/v2),"
+                " Annolab batch jobs (/v1)."
+            ),
             # Queue producers publish to RabbitMQ instead; their contract is an AsyncAPI document.
             "x-asyncapi": ASYNCAPI_PATH,
         },
@@ -205,6 +247,12 @@ def openapi_document() -> dict[str, Any]:
                     "in": "header",
                     "name": "Authorization",
                     "description": "`Key <api key>`",
+                },
+                "AnnolabKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "`Api-Key <api key>`",
                 },
             },
         },

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.common import utc_now
+from schemas.messages import ModelRef
 from schemas.networks import Framework, NetworkPostprocessing, NetworkStatus, Preprocessing
 from schemas.signature import Signature
 from schemas.specs import SpecOutput
@@ -76,6 +77,7 @@ class TaskStatus(str, Enum):
 class TaskKind(str, Enum):
     INFERENCE = "inference"  # a recognition or network inference
     DEPLOYMENT = "deployment"  # validation of an uploaded network
+    BATCH = "batch"  # an Annolab batch job over stored sources: ends once every source's task ended
 
 
 class TaskDoc(Document):
@@ -157,4 +159,87 @@ class IdempotencyDoc(Document):
 
     task_id: str
     fingerprint: str  # hashes the route and the request, so a key reused for another request is caught
+    date: datetime = Field(default_factory=utc_now)
+
+
+class ProjectDoc(Document):
+    """A dataset: sources (images), and later tags and regions (Custom Vision training projects reuse it).
+
+    `name` is unique per owner, so a project is named by its id or its name (Annolab's projectIdentifier).
+    """
+
+    name: str
+    create_date: datetime = Field(default_factory=utc_now)
+
+
+class SourceDoc(Document):
+    """One image of a project: bytes in the store's files under `file_key`, or a URL a consumer fetches."""
+
+    project_id: str
+    name: str = ""
+    file_key: str | None = None
+    url: str | None = None
+    content_type: str | None = None
+    create_date: datetime = Field(default_factory=utc_now)
+
+
+class LayerDoc(Document):
+    """A named set of annotations in a project; batch jobs write their predictions into one."""
+
+    project_id: str
+    name: str
+    create_date: datetime = Field(default_factory=utc_now)
+
+
+class BatchJobStatus(str, Enum):
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    FINISHED = "Finished"  # every source ended, at least one with a prediction
+    ERRORED = "Errored"  # every source failed
+
+
+class BatchJobDoc(Document):
+    """`id` is the id of the job's own task (kind batch), so webhooks and `/v0.7/tasks/{id}/` see its end.
+
+    Sources are dispatched in chunks (consumers.batch); `next_chunk` is the first chunk not yet published.
+    """
+
+    project_id: str
+    project_name: str
+    layer_id: str
+    layer_name: str
+    model: ModelRef
+    source_ids: list[str]
+    status: BatchJobStatus = BatchJobStatus.QUEUED
+    done: int = 0
+    failed: int = 0
+    next_chunk: int = 0
+    create_date: datetime = Field(default_factory=utc_now)
+    update_date: datetime = Field(default_factory=utc_now)
+
+
+BATCH_OWNER = "batches"  # batch links are looked up by task id before the tenant is known
+
+
+class BatchLinkDoc(Document):
+    """A source's task in a batch job; `id` is the task's id. `owner` is always BATCH_OWNER.
+
+    Written before the task's job is published, so the result writer finds a batch's links in one read.
+    """
+
+    tenant: str
+    job_id: str
+    source_id: str
+
+
+class PredictionDoc(Document):
+    """A source's prediction in a layer; `id` is `<layer_id>:<source_id>`: a later job overwrites it."""
+
+    project_id: str
+    layer_id: str
+    source_id: str
+    job_id: str
+    ok: bool
+    data: dict[str, Any] | None = None
+    error: str | None = None
     date: datetime = Field(default_factory=utc_now)

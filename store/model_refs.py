@@ -68,3 +68,21 @@ async def version_model_ref(store: Store, version: VersionDoc, spec: SpecDoc | N
             "post_processings": version.post_processings,
         }
     )
+
+
+async def identified_model(store: Store, tenant: str, identifier: str) -> ModelRef:
+    """Annolab's modelIdentifier: a spec's id or unique name (the tenant's own first), else a version's id."""
+    spec = await store.get(SPECS, identifier, owners=[tenant, PUBLIC_OWNER])
+    if spec is None:
+        for owners in ([tenant], [PUBLIC_OWNER]):
+            named = await store.find(SPECS, owners=owners, where={"name": identifier}, limit=2)
+            if named.count > 1:
+                raise NotRunnable(f"{named.count} specs are named {identifier!r}; use an id", field="model")
+            if named.items:
+                spec = named.items[0]
+                break
+    if spec is not None:
+        return await spec_model(store, tenant, spec.id)
+    if identifier.isdigit():
+        return await version_model(store, tenant, identifier)
+    raise NotRunnable(f"no spec has the id or name {identifier!r}", field="model")

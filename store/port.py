@@ -13,9 +13,15 @@ from typing import Any, Generic, TypeVar
 
 from schemas.documents import (
     ApiKeyDoc,
+    BatchJobDoc,
+    BatchLinkDoc,
     Document,
     IdempotencyDoc,
+    LayerDoc,
     NetworkDoc,
+    PredictionDoc,
+    ProjectDoc,
+    SourceDoc,
     SpecDoc,
     TaskDoc,
     TaskHookDoc,
@@ -45,6 +51,12 @@ WEBHOOK_ENDPOINTS = Collection("webhook_endpoints", WebhookEndpointDoc)
 WEBHOOK_SECRETS = Collection("webhook_secrets", WebhookSecretDoc)
 WEBHOOK_ATTEMPTS = Collection("webhook_attempts", WebhookAttemptDoc)
 IDEMPOTENCY = Collection("idempotency", IdempotencyDoc)
+PROJECTS = Collection("projects", ProjectDoc)
+SOURCES = Collection("sources", SourceDoc)
+LAYERS = Collection("layers", LayerDoc)
+BATCH_JOBS = Collection("batch_jobs", BatchJobDoc)
+BATCH_LINKS = Collection("batch_links", BatchLinkDoc)
+PREDICTIONS = Collection("predictions", PredictionDoc)
 ALL_COLLECTIONS: tuple[Collection[Any], ...] = (
     API_KEYS,
     NETWORKS,
@@ -56,6 +68,12 @@ ALL_COLLECTIONS: tuple[Collection[Any], ...] = (
     WEBHOOK_SECRETS,
     WEBHOOK_ATTEMPTS,
     IDEMPOTENCY,
+    PROJECTS,
+    SOURCES,
+    LAYERS,
+    BATCH_JOBS,
+    BATCH_LINKS,
+    PREDICTIONS,
 )
 
 
@@ -160,3 +178,7 @@ class Store(ABC):
 def network_file_key(network_id: str, path: str) -> str:
     """Where a network's file lives in the store; `path` is relative to its SavedModel folder."""
     return f"networks/{network_id}/{path}"
+
+
+def source_file_key(project_id: str, source_id: str) -> str:
+    return f"sources/{project_id}/{source_id}"

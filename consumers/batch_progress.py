@@ -1,0 +1,125 @@
+"""Batch jobs' progress, moved where task outcomes are written (consumers.results), one batch at a time.
+
+Predictions are written before the tasks are finished, so a failed write is redone by the redelivered job.
+Counts are derived from the stored predictions rather than incremented: consumer processes finishing tasks
+of the same job at once cannot lose an update. A job's end finishes its own task, whose conditional write
+moves once only: that task's webhooks fire once, however many processes saw the last source end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+
+from broker.port import Broker, BrokerUnavailable
+from broker.topology import BATCH
+from schemas.annolab import BatchChunk, chunks_allowed
+from schemas.common import utc_now
+from schemas.documents import (
+    BATCH_OWNER,
+    BatchJobDoc,
+    BatchJobStatus,
+    BatchLinkDoc,
+    PredictionDoc,
+    TaskOutcome,
+    TaskStatus,
+)
+from store.port import BATCH_JOBS, BATCH_LINKS, PREDICTIONS, DuplicateId, Store, StoreUnavailable, Where
+
+log = structlog.get_logger("batch")
+
+_ENDED = frozenset({BatchJobStatus.FINISHED, BatchJobStatus.ERRORED})
+
+
+class BatchProgress:
+    def __init__(self, store: Store, broker: Broker) -> None:
+        self._store = store
+        self._broker = broker
+
+    async def record(self, outcomes: Sequence[TaskOutcome]) -> list[BatchJobDoc]:
+        """Write the predictions of the outcomes that belong to batch jobs; returns those jobs."""
+        links = await self._store.get_many(BATCH_LINKS, [o.task_id for o in outcomes], owners=[BATCH_OWNER])
+        if not links:
+            return []
+        jobs = await self._jobs(links)
+        by_task = {outcome.task_id: outcome for outcome in outcomes}
+        for link in links:
+            job = jobs.get(link.job_id)
+            if job is not None:
+                await self._put(_prediction(job, link, by_task[link.id]))
+        return list(jobs.values())
+
+    async def advance(self, jobs: Sequence[BatchJobDoc]) -> list[str]:
+        """Recount, publish the chunks now allowed, end finished jobs; returns the job tasks that ended.
+
+        A failure here is logged, not raised: the outcomes are stored, and the next outcome of the job
+        recounts from the predictions. Only a failure on a job's very last outcome leaves it Running.
+        """
+        ended: list[str] = []
+        for job in jobs:
+            try:
+                if await self._advance(job):
+                    ended.append(job.id)
+            except (StoreUnavailable, BrokerUnavailable) as error:
+                log.error("batch_progress_lost", job_id=job.id, error=str(error))
+        return ended
+
+    async def _jobs(self, links: Sequence[BatchLinkDoc]) -> dict[str, BatchJobDoc]:
+        ids = list(dict.fromkeys(link.job_id for link in links))
+        tenants = list({link.tenant for link in links})
+        return {job.id: job for job in await self._store.get_many(BATCH_JOBS, ids, owners=tenants)}
+
+    async def _put(self, prediction: PredictionDoc) -> None:
+        try:
+            await self._store.insert(PREDICTIONS, prediction)
+        except DuplicateId:
+            # An earlier job wrote this source's prediction in this layer: the newest job's wins.
+            changes = prediction.model_dump(exclude={"id", "owner"})
+            await self._store.update(PREDICTIONS, prediction.id, owner=prediction.owner, changes=changes)
+
+    async def _count(self, job: BatchJobDoc, *, ok: bool) -> int:
+        where: Where = {"job_id": job.id, "ok": ok}
+        return (await self._store.find(PREDICTIONS, owners=[job.owner], where=where, limit=0)).count
+
+    async def _advance(self, job: BatchJobDoc) -> bool:
+        if job.status in _ENDED:
+            return False
+        done, failed = await self._count(job, ok=True), await self._count(job, ok=False)
+        total = len(job.source_ids)
+        changes: dict[str, object] = {"done": done, "failed": failed, "update_date": utc_now()}
+        allowed = chunks_allowed(done + failed, total)
+        for chunk in range(job.next_chunk, allowed):
+            # A chunk published twice (two processes saw the same count) dispatches its sources once.
+            message = BatchChunk(job_id=job.id, owner=job.owner, chunk=chunk)
+            await self._broker.publish(
+                BATCH.name, message.model_dump_json().encode(), message_id=f"{job.id}.chunk{chunk}"
+            )
+        changes["next_chunk"] = max(allowed, job.next_chunk)
+        ending = done + failed >= total
+        if ending:
+            changes["status"] = BatchJobStatus.FINISHED if done else BatchJobStatus.ERRORED
+        await self._store.update(BATCH_JOBS, job.id, owner=job.owner, changes=changes)
+        if not ending:
+            return False
+        summary = {"inferenceJobId": job.id, "done": done, "failed": failed, "total": total}
+        outcome = (
+            TaskOutcome(task_id=job.id, status=TaskStatus.SUCCESS, data=summary)
+            if done
+            else TaskOutcome(task_id=job.id, status=TaskStatus.ERROR, error=f"all {total} sources failed")
+        )
+        return await self._store.finish_tasks([outcome]) == 1
+
+
+def _prediction(job: BatchJobDoc, link: BatchLinkDoc, outcome: TaskOutcome) -> PredictionDoc:
+    return PredictionDoc(
+        id=f"{job.layer_id}:{link.source_id}",
+        owner=job.owner,
+        project_id=job.project_id,
+        layer_id=job.layer_id,
+        source_id=link.source_id,
+        job_id=job.id,
+        ok=outcome.status is TaskStatus.SUCCESS,
+        data=outcome.data,
+        error=outcome.error,
+    )

@@ -1,0 +1,95 @@
+"""Annolab's batch inference surface: request bodies (camelCase, as the seed shows) and the chunk message.
+
+A job's sources are dispatched in chunks of `CHUNK_SIZE`, at most `CHUNKS_AHEAD` chunks beyond the finished
+ones: a job of 10,000 sources never holds more than `CHUNK_SIZE` images in a consumer's memory at once, and
+never puts more than `CHUNK_SIZE * CHUNKS_AHEAD` jobs ahead of interactive requests on the inference queue.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CHUNK_SIZE = 50
+CHUNKS_AHEAD = 2
+MAX_SOURCES = 10_000
+
+
+def chunk_count(total: int) -> int:
+    return -(-total // CHUNK_SIZE)
+
+
+def chunks_allowed(completed: int, total: int) -> int:
+    """How many chunks may have been published once `completed` sources ended."""
+    return min(chunk_count(total), completed // CHUNK_SIZE + CHUNKS_AHEAD)
+
+
+def _digits(value: int | str, field: str) -> str:
+    text = str(value).strip()
+    if not text.isdigit():
+        raise ValueError(f"{field} must be an integer id")
+    return str(int(text))
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+
+    @field_validator("name")
+    @classmethod
+    def _not_digits(cls, value: str) -> str:
+        # A project is named by its id or its name: an all-digit name would shadow ids.
+        if value.strip().isdigit():
+            raise ValueError("must not be only digits (ids are digits)")
+        return value
+
+
+class SourceUrl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://", max_length=2000)
+    name: str = Field(default="", max_length=200)
+
+
+class BatchInferenceRequest(BaseModel):
+    """`groupName` is required by Annolab and accepted here, but the API key alone names the tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    projectIdentifier: str | int
+    modelIdentifier: str | int
+    sourceIds: list[int | str] = Field(min_length=1, max_length=MAX_SOURCES)
+    outputLayerIdentifier: str | int
+    groupName: str
+    callbackUrl: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
+
+    def source_ids(self) -> list[str]:
+        """Distinct ids in request order: a source listed twice is predicted once."""
+        ids = [_digits(value, "sourceIds") for value in self.sourceIds]
+        return list(dict.fromkeys(ids))
+
+    @field_validator("sourceIds")
+    @classmethod
+    def _check_ids(cls, values: list[int | str]) -> list[int | str]:
+        for value in values:
+            _digits(value, "sourceIds")
+        return values
+
+
+class BatchChunk(BaseModel):
+    """One chunk of a batch job to dispatch: sources `[chunk * CHUNK_SIZE, (chunk + 1) * CHUNK_SIZE)`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    kind: Literal["batch_chunk"] = "batch_chunk"
+    job_id: str
+    owner: str
+    chunk: int = Field(ge=0)
+
+
+def source_task_id(job_id: str, position: int) -> str:
+    """Deterministic, so inserting the task claims the source: a chunk published twice dispatches it once."""
+    return f"{job_id}.{position}"
