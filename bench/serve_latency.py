@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,15 +19,10 @@ from typing import Any
 
 import requests
 
+from tests.rabbitmq import free_port
+
 KEY = "bench-key-0123456789abcdef"
 REQUESTS = 200
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -43,7 +37,7 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 class Served:
     def __init__(self, data_dir: Path) -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{free_port()}"
         env = {
             **os.environ,
             "PERCEPT_DATA_DIR": str(data_dir),

@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 
 import structlog
-from pydantic import ValidationError
 
 from broker.port import Broker, Delivery
 from broker.topology import BATCH, INFERENCE
 from consumers.results import ResultWriter
-from consumers.runner import PermanentFailure, settle
+from consumers.runner import PermanentFailure, parse_or_dead_letter, settle
 from schemas.annolab import CHUNK_SIZE, BatchChunk, source_task_id
 from schemas.documents import (
     BATCH_OWNER,
@@ -42,11 +41,8 @@ class BatchWorker:
         self._results = results
 
     async def handle(self, delivery: Delivery) -> None:
-        try:
-            chunk = BatchChunk.model_validate_json(delivery.body)
-        except ValidationError as error:
-            log.warning("chunk_malformed", error=str(error).splitlines()[0], message_id=delivery.message_id)
-            await delivery.reject(requeue=False)
+        chunk = await parse_or_dead_letter(delivery, BatchChunk.model_validate_json)
+        if chunk is None:
             return
         with structlog.contextvars.bound_contextvars(job_id=chunk.job_id, chunk=chunk.chunk):
             await settle(

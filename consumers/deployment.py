@@ -5,13 +5,12 @@ from __future__ import annotations
 from concurrent.futures import Executor
 
 import structlog
-from pydantic import ValidationError
 
 from broker.port import Delivery
 from broker.topology import DEPLOYMENT
 from consumers.models import ModelCache
 from consumers.results import ResultWriter
-from consumers.runner import settle
+from consumers.runner import parse_or_dead_letter, settle
 from engine.errors import EngineError
 from engine.validate import validate_network
 from schemas.common import utc_now
@@ -33,11 +32,8 @@ class DeploymentWorker:
         self._model_executor = model_executor
 
     async def handle(self, delivery: Delivery) -> None:
-        try:
-            job = DeploymentJob.model_validate_json(delivery.body)
-        except ValidationError as error:
-            log.warning("job_malformed", error=str(error).splitlines()[0], message_id=delivery.message_id)
-            await delivery.reject(requeue=False)
+        job = await parse_or_dead_letter(delivery, DeploymentJob.model_validate_json)
+        if job is None:
             return
         with structlog.contextvars.bound_contextvars(task_id=job.task_id, network_id=job.network_id):
             await settle(

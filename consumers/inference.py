@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import structlog
-from pydantic import ValidationError
 
 from broker.port import Delivery
 from broker.topology import INFERENCE
@@ -21,7 +20,7 @@ from consumers.config import ConsumerConfig
 from consumers.fetch import FetchError, ImageFetcher
 from consumers.models import ModelCache
 from consumers.results import ResultWriter
-from consumers.runner import PermanentFailure, settle
+from consumers.runner import PermanentFailure, parse_or_dead_letter, settle
 from engine.errors import EngineError, ModelError
 from schemas.documents import TaskDoc, TaskOutcome, TaskStatus
 from schemas.messages import InferenceJob
@@ -69,11 +68,8 @@ class InferenceWorker:
             await self._handle(delivery, received=asyncio.get_running_loop().time())
 
     async def _handle(self, delivery: Delivery, *, received: float) -> None:
-        try:
-            job = InferenceJob.model_validate_json(delivery.body)
-        except ValidationError as error:
-            log.warning("job_malformed", error=str(error).splitlines()[0], message_id=delivery.message_id)
-            await delivery.reject(requeue=False)
+        job = await parse_or_dead_letter(delivery, InferenceJob.model_validate_json)
+        if job is None:
             return
         with structlog.contextvars.bound_contextvars(
             task_id=job.task_id, delivery_count=delivery.delivery_count

@@ -9,8 +9,10 @@ letter carries its reason (topology.DEAD_REASON_HEADER), for whoever inspects th
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
+from pydantic import ValidationError
 
 from broker.port import Delivery
 
@@ -22,6 +24,18 @@ class PermanentFailure(Exception):
 
 
 GiveUp = Callable[[str], Awaitable[None]]
+M = TypeVar("M")
+
+
+async def parse_or_dead_letter(delivery: Delivery, parse: Callable[[bytes], M]) -> M | None:
+    """The message as its model, or None once a malformed one has been dead-lettered with the reason."""
+    try:
+        return parse(delivery.body)
+    except ValidationError as error:
+        reason = f"malformed message: {str(error).splitlines()[0]}"
+        log.warning("job_malformed", reason=reason, message_id=delivery.message_id)
+        await delivery.dead_letter(reason)
+        return None
 
 
 async def settle(

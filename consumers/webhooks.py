@@ -13,11 +13,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import structlog
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from broker.port import Broker, Delivery
 from broker.topology import WEBHOOKS
-from consumers.runner import settle
+from consumers.runner import parse_or_dead_letter, settle
 from consumers.signing import signed_headers
 from consumers.webhook_events import body_of, event_of, message_id
 from consumers.webhook_sender import Sent, WebhookSender
@@ -52,11 +52,8 @@ class WebhookWorker:
         self._clock = clock
 
     async def handle(self, delivery: Delivery) -> None:
-        try:
-            job = _JOB.validate_json(delivery.body)
-        except ValidationError as error:
-            log.warning("job_malformed", error=str(error).splitlines()[0], message_id=delivery.message_id)
-            await delivery.reject(requeue=False)
+        job = await parse_or_dead_letter(delivery, _JOB.validate_json)
+        if job is None:
             return
 
         async def give_up(reason: str) -> None:
