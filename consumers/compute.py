@@ -1,4 +1,4 @@
-"""The synchronous work of a job, run off the event loop: image preparation, and a batch's forward pass."""
+"""The synchronous work of a job: preparing an image (on a decode thread), running a batch (in the engine)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from consumers.models import LoadedNetwork
 from engine.decode import decode_image
 from engine.errors import ModelError
+from engine.model import SavedModel
 from engine.postprocess import raw_tensors, recognize_data
 from engine.preprocess import ImageMeta, decode_min_side, group_by_shape, preprocess
 from schemas.messages import InferenceJob
@@ -40,38 +40,38 @@ def prepare(job: InferenceJob, data: bytes, *, mean: np.ndarray | None, max_pixe
     return PreparedJob(job=job, example=example, meta=meta)
 
 
-def _input_key(network: LoadedNetwork, job: InferenceJob) -> str:
+def _input_key(model: SavedModel, job: InferenceJob) -> str:
     name = job.model.preprocessing.inputs[0].tensor_name
-    key = network.model.signature.resolve_input(name)
+    key = model.signature.resolve_input(name)
     if key is None:
         raise ModelError(f"the network has no input tensor {name!r}")
     return key
 
 
-def _output_key(network: LoadedNetwork, name: str) -> str:
-    key = network.model.signature.resolve_output(name)
+def _output_key(model: SavedModel, name: str) -> str:
+    key = model.signature.resolve_output(name)
     if key is None:
-        known = ", ".join(sorted(network.model.signature.outputs))
+        known = ", ".join(sorted(model.signature.outputs))
         raise ModelError(f"the network has no output tensor {name!r} (outputs: {known})")
     return key
 
 
-def _result(network: LoadedNetwork, prepared: PreparedJob, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+def _result(model: SavedModel, prepared: PreparedJob, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     job = prepared.job
-    model = job.model
-    if model.version_id is None:
-        names = job.output_layers or sorted(network.model.signature.outputs)
-        tensors = {name: outputs[_output_key(network, name)] for name in names}
+    ref = job.model
+    if ref.version_id is None:
+        names = job.output_layers or sorted(model.signature.outputs)
+        tensors = {name: outputs[_output_key(model, name)] for name in names}
         return raw_tensors(tensors, names).model_dump(mode="json")
-    wanted = {name for post in model.post_processings for name in post.tensor_names()}
-    tensors = {name: outputs[_output_key(network, name)] for name in wanted}
+    wanted = {name for post in ref.post_processings for name in post.tensor_names()}
+    tensors = {name: outputs[_output_key(model, name)] for name in wanted}
     # The JSON-ready form straight away: validating a pydantic object per prediction only to dump it again
     # costs more than the rest of post-processing (engine.postprocess, checked equal by its tests).
     return recognize_data(
         tensors,
         prepared.meta,
-        model.outputs,
-        model.post_processings,
+        ref.outputs,
+        ref.post_processings,
         show_discarded=job.show_discarded,
         max_predictions=job.max_predictions,
     )
@@ -84,15 +84,16 @@ class BatchRun:
     postprocess_s: float  # raw outputs to results, summed over the batch
 
 
-def run_batch(network: LoadedNetwork, batch: Sequence[PreparedJob]) -> BatchRun:
+def run_batch(model: SavedModel, batch: Sequence[PreparedJob]) -> BatchRun:
+    """Runs in the engine process (consumers.engine_child)."""
     """One forward pass per group of equal input shapes; results (or the model's error) in input order."""
     results: list[dict[str, Any] | ModelError] = [ModelError("not run")] * len(batch)
     predict_s = postprocess_s = 0.0
     for group in group_by_shape([item.example for item in batch]):
         started = time.perf_counter()
         try:
-            input_key = _input_key(network, batch[group[0]].job)
-            outputs = network.model.predict({input_key: np.stack([batch[index].example for index in group])})
+            input_key = _input_key(model, batch[group[0]].job)
+            outputs = model.predict({input_key: np.stack([batch[index].example for index in group])})
         except ModelError as error:
             for index in group:
                 results[index] = error
@@ -110,7 +111,7 @@ def run_batch(network: LoadedNetwork, batch: Sequence[PreparedJob]) -> BatchRun:
         for position, index in enumerate(group):
             single = {name: values[position] for name, values in outputs.items()}
             try:
-                results[index] = _result(network, batch[index], single)
+                results[index] = _result(model, batch[index], single)
             except ModelError as error:
                 results[index] = error
         postprocess_s += time.perf_counter() - started

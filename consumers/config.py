@@ -26,8 +26,8 @@ class ConsumerConfig:
     # Tasks, webhook attempts and idempotency records; None: kept forever.
     retention: timedelta | None = timedelta(days=30)
     maintenance_interval_s: float = 60.0
-    # A model run longer than this has wedged its thread (TensorFlow cannot be interrupted): the consumer
-    # calls `on_stall`, which in `percept consumer` ends the process so its jobs go back to the queue.
+    # A lone model run longer than this has wedged its engine process (TensorFlow cannot be interrupted):
+    # the process is killed and replaced; batches are suspected sooner (consumers.engines). 0: no limit.
     max_run_s: float = 300.0
     deployment_lease_s: float = 60.0  # renewed every third of it; a dead worker's deployment resumes after it
     # Trial loads of uploaded networks in a child process (consumers/sandbox.py).

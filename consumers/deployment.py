@@ -1,10 +1,11 @@
 """Deployment jobs: load an uploaded network, check the tensors its pre-processing names, mark it ready.
 
-A deployment can take minutes (a trial load in a child process, then the real load), longer than a broker
-should hold an unacknowledged message (RabbitMQ redelivers at its consumer timeout). So the worker takes a
-lease on the network in the store, acknowledges the job, and renews the lease while it works. If the worker
-dies, the lease runs out and the consumers' maintenance queues the job again; the attempts are counted on the
-network, so a model that kills its worker every time fails after MAX_ATTEMPTS instead of looping.
+A deployment can take minutes (a trial load in a child process, then the load into the engine process),
+longer than a broker should hold an unacknowledged message (RabbitMQ redelivers at its consumer timeout).
+So the worker takes a lease on the network in the store, acknowledges the job, and renews the lease while it
+works. If the worker dies, the lease runs out and the consumers' maintenance queues the job again; the
+attempts are counted on the network, so a model that kills its worker every time fails after MAX_ATTEMPTS
+instead of looping.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import structlog
 
 from broker.port import Delivery
 from broker.topology import DEPLOYMENT
+from consumers.engines import EngineLost, Engines
 from consumers.models import ModelCache
 from consumers.results import ResultWriter
 from consumers.runner import parse_or_dead_letter, settle, through_store_outages
 from consumers.sandbox import Sandbox
 from engine.errors import EngineError
-from engine.validate import validate_network
 from schemas.common import utc_now
 from schemas.documents import NetworkDoc, TaskOutcome, TaskStatus
 from schemas.messages import DeploymentJob
@@ -48,6 +49,7 @@ class DeploymentWorker:
         self,
         store: Store,
         models: ModelCache,
+        engines: Engines,
         results: ResultWriter,
         *,
         sandbox: Sandbox,
@@ -55,6 +57,7 @@ class DeploymentWorker:
     ) -> None:
         self._store = store
         self._models = models
+        self._engines = engines
         self._results = results
         self._sandbox = sandbox
         self._lease = lease
@@ -172,16 +175,16 @@ class DeploymentWorker:
             await self._fail(job, trial.error, token=lease.token)
             return
         try:
-            loaded = await self._models.get(network.id, network.files, network.preprocessing)
-            validate_network(loaded.model.signature, network.preprocessing, network.postprocessings)
-        except EngineError as error:
+            # Checked in the trial; loading it into this consumer's engine now spares the first request.
+            await self._engines.load(await self._models.get(network.id, network.files, network.preprocessing))
+        except (EngineError, EngineLost) as error:
             self._models.forget(network.id)
             await self._fail(job, str(error), token=lease.token)
             return
         updated = await self._end(
             network.id,
             network.owner,
-            {"status": NetworkStatus.READY, "signature": loaded.model.signature},
+            {"status": NetworkStatus.READY, "signature": trial.signature},
             token=lease.token,
         )
         if updated is not None:

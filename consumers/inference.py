@@ -1,9 +1,16 @@
-"""Inference jobs: fetch or take the image, prepare it in a thread pool, batch per model, store, then ack."""
+"""Inference jobs: fetch or take the image, prepare it in a thread pool, batch per model, run the batch in the
+engine process, store, then ack.
+
+A batch whose engine process crashed or stalled gives each of its jobs a lone run in the quarantine process
+(consumers.engines), so that the culprit shows itself while everyone else's batches go on. A job that ends
+its process alone ISOLATED_RUNS times fails for good. Lone runs are counted in the task, as each starts: a
+consumer that dies mid-run (its deliveries come back redelivered, and run alone too) leaves the count right.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +22,12 @@ from broker.port import Delivery
 from broker.topology import INFERENCE
 from consumers import metrics
 from consumers.batcher import Batcher
-from consumers.compute import PreparedJob, prepare, run_batch
+from consumers.compute import PreparedJob, prepare
 from consumers.config import ConsumerConfig
+from consumers.engines import EngineLost, Engines
 from consumers.fetch import FetchError, ImageFetcher
 from consumers.inputs import ParentRef
-from consumers.models import ModelCache
+from consumers.models import LoadedNetwork, ModelCache
 from consumers.results import ResultWriter
 from consumers.runner import PermanentFailure, parse_or_dead_letter, settle
 from engine.errors import EngineError, ModelError
@@ -30,26 +38,26 @@ from store.port import TASKS, Store
 
 log = structlog.get_logger("inference")
 
-# A redelivered job may be what ended the last consumer (a crash, or a run that wedged it). It runs alone,
-# so that a crash names it; after this many lone runs that ended their consumer, it fails for good.
 ISOLATED_RUNS = 2
-StallHandler = Callable[[Sequence[str]], None]
 
 
-def log_stall(task_ids: Sequence[str]) -> None:
-    log.critical("model_run_stalled", task_ids=list(task_ids))
+@dataclass(frozen=True)
+class Lost:
+    """The batch's engine process ended before answering: the job runs again, alone."""
+
+    reason: str
 
 
-Outcome = dict[str, Any] | ModelError
+Outcome = dict[str, Any] | ModelError | Lost
 
 
 @dataclass(frozen=True)
 class _Waiting:
     """A prepared job in the batcher, with when its delivery arrived (event-loop time)."""
 
+    network: LoadedNetwork
     prepared: PreparedJob
     received: float
-    isolated: TaskDoc | None = None  # a redelivered job's task: it runs alone, counted as it starts
 
 
 class InferenceWorker:
@@ -62,8 +70,7 @@ class InferenceWorker:
         *,
         config: ConsumerConfig,
         decode_executor: Executor,
-        model_executor: Executor,
-        on_stall: StallHandler = log_stall,
+        engines: Engines,
     ) -> None:
         self._store = store
         self._models = models
@@ -71,8 +78,7 @@ class InferenceWorker:
         self._results = results
         self._config = config
         self._decode_executor = decode_executor
-        self._model_executor = model_executor
-        self._on_stall = on_stall
+        self._engines = engines
         self.batcher: Batcher[_Waiting, Outcome] = Batcher(
             self._run_batch, max_size=config.max_batch_size, max_delay=config.max_batch_delay_s
         )
@@ -104,7 +110,8 @@ class InferenceWorker:
             return
         task = await self._task(job)
         if task.status is TaskStatus.PENDING:
-            await self._store_outcome(job, await self._isolated_outcome(job, task, received))
+            # It may be what ended the last consumer (a crash, or a run that wedged it): it runs alone.
+            await self._store_outcome(job, await self._outcome(job, received, alone=task))
             return
         log.info("job_already_finished")
         if job.input_of is not None:
@@ -116,18 +123,6 @@ class InferenceWorker:
             # The reply may be what failed last time: answer from the stored task.
             reply = ProducerReply.of_task(task.id, task.status, data=task.data, error=task.error)
             await self._results.reply(job.reply_to, job.correlation_id, reply)
-
-    async def _isolated_outcome(self, job: InferenceJob, task: TaskDoc, received: float) -> TaskOutcome:
-        if task.isolated_runs >= ISOLATED_RUNS:
-            reason = (
-                f"the model ended the consumer running this input {task.isolated_runs} times, alone each time"
-                " (a crash, or a run longer than PERCEPT_MAX_RUN_S); not retried"
-            )
-            await self._store_outcome(
-                job, TaskOutcome(task_id=job.task_id, status=TaskStatus.ERROR, error=reason)
-            )
-            raise PermanentFailure(reason)
-        return await self._outcome(job, received, isolated=task)
 
     async def _store_outcome(self, job: InferenceJob, outcome: TaskOutcome) -> None:
         await self._results.write(
@@ -142,7 +137,7 @@ class InferenceWorker:
         return task
 
     async def _outcome(
-        self, job: InferenceJob, received: float, *, isolated: TaskDoc | None = None
+        self, job: InferenceJob, received: float, *, alone: TaskDoc | None = None
     ) -> TaskOutcome:
         try:
             data = job.image.data if job.image.data is not None else await self._fetch(job)
@@ -153,9 +148,15 @@ class InferenceWorker:
             prepared = await loop.run_in_executor(
                 self._decode_executor, self._prepare, job, data, network.mean
             )
-            # A key of its own makes a batch of one.
-            key = (job.model.batch_key(), job.task_id) if isolated else job.model.batch_key()
-            result = await self.batcher.submit(key, _Waiting(prepared, received, isolated))
+            result: Outcome
+            if alone is None:
+                result = await self.batcher.submit(
+                    job.model.batch_key(), _Waiting(network, prepared, received)
+                )
+            else:
+                result = await self._run_alone(alone, network, prepared)
+            while isinstance(result, Lost):
+                result = await self._run_alone(await self._task(job), network, prepared)
         except (FetchError, EngineError) as error:
             return TaskOutcome(task_id=job.task_id, status=TaskStatus.ERROR, error=str(error))
         if isinstance(result, ModelError):
@@ -172,6 +173,28 @@ class InferenceWorker:
         with metrics.PREPARE_SECONDS.time():
             return prepare(job, data, mean=mean, max_pixels=self._config.max_image_pixels)
 
+    async def _run_alone(self, task: TaskDoc, network: LoadedNetwork, prepared: PreparedJob) -> Outcome:
+        if task.isolated_runs >= ISOLATED_RUNS:
+            reason = (
+                f"running this input alone ended the model's process {task.isolated_runs} times"
+                " (a crash, or a run longer than PERCEPT_MAX_RUN_S); not retried"
+            )
+            outcome = TaskOutcome(task_id=task.id, status=TaskStatus.ERROR, error=reason)
+            await self._store_outcome(prepared.job, outcome)
+            raise PermanentFailure(reason)
+        # Counted as the run starts: if it ends this whole consumer, the count still names this job.
+        runs = task.isolated_runs + 1
+        await self._store.update(TASKS, task.id, owner=task.owner, changes={"isolated_runs": runs})
+        log.info("job_isolated", isolated_runs=runs)
+        try:
+            # The run that can fail the job has all the time there is; earlier ones, the suspicion deadline.
+            last = runs >= ISOLATED_RUNS
+            run = await self._engines.run(network, [prepared], alone=True, full_time=last)
+        except EngineLost as lost:
+            log.warning("lone_run_lost", reason=str(lost), isolated_runs=runs)
+            return Lost(str(lost))
+        return run.results[0]
+
     async def _run_batch(self, _key: Hashable, batch: Sequence[_Waiting]) -> Sequence[Outcome]:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -179,29 +202,21 @@ class InferenceWorker:
         for item in batch:
             metrics.DELIVERY_TO_BATCH_SECONDS.observe(started - item.received)
         prepared = [item.prepared for item in batch]
-        for task in (item.isolated for item in batch if item.isolated is not None):
-            # Counted as the run starts (one batch runs at a time): if the run ends the process, the count
-            # names this job, not the ones that were merely waiting.
-            runs = task.isolated_runs + 1
-            await self._store.update(TASKS, task.id, owner=task.owner, changes={"isolated_runs": runs})
-            log.info("job_isolated", task_id=task.id, isolated_runs=runs)
-        model = prepared[0].job.model
-        network = await self._models.get(model.network_id, model.network_files, model.preprocessing)
-        running = loop.run_in_executor(self._model_executor, run_batch, network, prepared)
+        task_ids = [item.job.task_id for item in prepared]
         try:
-            run = await asyncio.wait_for(asyncio.shield(running), timeout=self._config.max_run_s or None)
-        except TimeoutError:
-            self._on_stall([item.job.task_id for item in prepared])
-            run = await running  # if the handler let the process live, wait for the run after all
+            run = await self._engines.run(batch[0].network, prepared, alone=False)
+        except EngineLost as lost:
+            log.warning("batch_lost", reason=str(lost), size=len(batch), task_ids=task_ids)
+            return [Lost(str(lost))] * len(batch)
         metrics.PREDICT_SECONDS.observe(run.predict_s)
         metrics.POSTPROCESS_SECONDS.observe(run.postprocess_s)
         log.info(
             "batch_ran",
             size=len(batch),
-            key=model.batch_key(),
+            key=prepared[0].job.model.batch_key(),
             ms=round((loop.time() - started) * 1000, 1),
             predict_ms=round(run.predict_s * 1000, 1),
             postprocess_ms=round(run.postprocess_s * 1000, 1),
-            task_ids=[item.job.task_id for item in prepared],
+            task_ids=task_ids,
         )
         return run.results

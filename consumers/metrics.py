@@ -59,3 +59,10 @@ TASKS = Counter(
 # Both series exist from the start, so rate() and error ratios work before the first failure.
 for _status in (TaskStatus.SUCCESS, TaskStatus.ERROR):
     TASKS.labels(_status.value)
+ENGINE_RESTARTS = Counter(
+    "percept_engine_processes_lost_total",
+    "Engine processes (where models run) that crashed or were killed at a deadline, and were replaced",
+    ["reason"],
+)
+for _reason in ("crashed", "stalled"):
+    ENGINE_RESTARTS.labels(_reason)

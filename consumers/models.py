@@ -1,6 +1,7 @@
-"""Loaded networks, kept per consumer process: files copied once from the store, each model loaded once.
+"""Networks a consumer process uses: files copied once from the store, kept in an LRU bounded in megabytes.
 
-The cache is an LRU bounded in megabytes. A model's weight is estimated by the size of its SavedModel folder
+The models themselves live in the engine processes (consumers.engines); this cache decides which ones stay
+there, and tells them to drop the rest. A model's weight is estimated by the size of its SavedModel folder
 (graph + variables), which is what TensorFlow keeps resident for inference; the true figure adds per-model
 runtime buffers that vary with batch size, so leave headroom when setting PERCEPT_MODEL_CACHE_MB.
 """
@@ -12,15 +13,13 @@ import io
 import shutil
 import tempfile
 from collections import OrderedDict
-from concurrent.futures import Executor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import structlog
 
-from consumers.metrics import MODEL_LOAD_SECONDS
-from engine.model import SavedModel
 from schemas.networks import Preprocessing
 from store.port import Store, network_file_key
 
@@ -29,8 +28,10 @@ log = structlog.get_logger("models")
 
 @dataclass(frozen=True)
 class LoadedNetwork:
+    """A network ready for the engine: its folder on local disk, and its mean image for pre-processing."""
+
     network_id: str
-    model: SavedModel
+    folder: Path
     mean: np.ndarray | None
     size_bytes: int
 
@@ -58,21 +59,18 @@ def _write_folder(parent: Path, target: Path, contents: dict[str, bytes]) -> Non
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _load_and_warm(folder: Path) -> SavedModel:
-    """One run on zeros right after loading: graph optimisation happens here, not in a first request."""
-    model = SavedModel.load(folder)
-    model.warm_up(1)
-    return model
+Drop = Callable[[str], None]
 
 
 class ModelCache:
-    """An LRU of loaded networks; versions of one network share its load. Loads (and their warm-up run) use
-    the model executor, the thread that also runs predictions, so a load never races a batch."""
+    """An LRU of networks; versions of one network share it. `on_drop` hears of every network that leaves."""
 
-    def __init__(self, store: Store, cache_dir: Path, executor: Executor, *, capacity_bytes: int) -> None:
+    def __init__(
+        self, store: Store, cache_dir: Path, *, capacity_bytes: int, on_drop: Drop = lambda _id: None
+    ) -> None:
         self._store = store
         self._cache_dir = cache_dir
-        self._executor = executor
+        self.on_drop = on_drop
         self._capacity_bytes = capacity_bytes
         self._loaded: OrderedDict[str, LoadedNetwork] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -99,6 +97,7 @@ class ModelCache:
             evicted_id, evicted = self._loaded.popitem(last=False)
             total -= evicted.size_bytes
             log.info("model_evicted", network_id=evicted_id, mb=round(evicted.size_bytes / 2**20, 1))
+            self.on_drop(evicted_id)
 
     @property
     def loaded_ids(self) -> list[str]:
@@ -116,22 +115,16 @@ class ModelCache:
 
     async def _load(self, network_id: str, files: list[str], preprocessing: Preprocessing) -> LoadedNetwork:
         folder = await self.materialise(network_id, files)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        model = await loop.run_in_executor(self._executor, _load_and_warm, folder)
         mean_file = preprocessing.inputs[0].image.mean_file
         mean = (
             np.load(io.BytesIO((folder / mean_file).read_bytes()), allow_pickle=False) if mean_file else None
         )
         size = await asyncio.to_thread(_folder_size, folder)
-        elapsed = loop.time() - started
-        MODEL_LOAD_SECONDS.observe(elapsed)
-        log.info(
-            "model_loaded", network_id=network_id, ms=round(elapsed * 1000, 1), mb=round(size / 2**20, 1)
-        )
-        return LoadedNetwork(network_id=network_id, model=model, mean=mean, size_bytes=size)
+        log.info("model_cached", network_id=network_id, mb=round(size / 2**20, 1))
+        return LoadedNetwork(network_id=network_id, folder=folder, mean=mean, size_bytes=size)
 
     def forget(self, network_id: str) -> None:
         """Drop a network (deleted or redeployed): its next use loads it again."""
         self._loaded.pop(network_id, None)
         shutil.rmtree(self._cache_dir / network_id, ignore_errors=True)
+        self.on_drop(network_id)

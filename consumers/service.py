@@ -15,8 +15,9 @@ from broker.topology import BATCH, DEPLOYMENT, INFERENCE, REQUESTS, WEBHOOKS
 from consumers.batch import BatchWorker
 from consumers.config import ConsumerConfig
 from consumers.deployment import DeploymentWorker
+from consumers.engines import Engines
 from consumers.fetch import ImageFetcher
-from consumers.inference import InferenceWorker, StallHandler, log_stall
+from consumers.inference import InferenceWorker
 from consumers.maintenance import Maintenance
 from consumers.models import ModelCache
 from consumers.outbound import OutboundPolicy
@@ -32,13 +33,11 @@ log = structlog.get_logger("consumer")
 
 
 class ConsumerService:
-    def __init__(
-        self, store: Store, broker: Broker, config: ConsumerConfig, *, on_stall: StallHandler = log_stall
-    ) -> None:
+    def __init__(self, store: Store, broker: Broker, config: ConsumerConfig) -> None:
         self._broker = broker
         self._config = config
-        # One model thread: TensorFlow batches are large enough to use the cores; decoding overlaps it.
-        self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # Models run in engine processes; decoding overlaps them on threads here.
+        self.engines = Engines(max_run_s=config.max_run_s)
         self._decode_executor = ThreadPoolExecutor(
             max_workers=config.decode_threads, thread_name_prefix="decode"
         )
@@ -48,7 +47,7 @@ class ConsumerService:
             max_bytes=config.fetch_max_bytes,
         )
         models = ModelCache(
-            store, config.cache_dir, self._model_executor, capacity_bytes=config.model_cache_mb * 2**20
+            store, config.cache_dir, capacity_bytes=config.model_cache_mb * 2**20, on_drop=self.engines.drop
         )
         self._results = ResultWriter(store, broker)
         self.inference = InferenceWorker(
@@ -58,8 +57,7 @@ class ConsumerService:
             self._results,
             config=config,
             decode_executor=self._decode_executor,
-            model_executor=self._model_executor,
-            on_stall=on_stall,
+            engines=self.engines,
         )
         self._sender = WebhookSender(
             OutboundPolicy(config.outbound_allow), timeout_s=config.webhook_timeout_s
@@ -71,6 +69,7 @@ class ConsumerService:
         self._deployment = DeploymentWorker(
             store,
             models,
+            self.engines,
             self._results,
             sandbox=sandbox,
             lease=timedelta(seconds=config.deployment_lease_s),
@@ -99,6 +98,7 @@ class ConsumerService:
         return on_delivery
 
     async def start(self) -> None:
+        await self.engines.start()
         self._loops = [
             asyncio.create_task(self.inference.batcher.run()),
             asyncio.create_task(self._results.batcher.run()),
@@ -140,5 +140,5 @@ class ConsumerService:
         await self._fetcher.close()
         await self._sender.close()
         self._decode_executor.shutdown(wait=False, cancel_futures=True)
-        self._model_executor.shutdown(wait=True, cancel_futures=True)
+        await self.engines.stop()
         log.info("consumer_stopped")

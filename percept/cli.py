@@ -49,14 +49,10 @@ async def _serve(settings: Settings, *, http: bool, consume: bool, demo: bool) -
             await recover_embedded(store, broker)
         service = None
         if consume:
-            from consumers.inference import log_stall
             from consumers.service import ConsumerService
-            from percept.compose import consumer_config, exit_on_stall
+            from percept.compose import consumer_config
 
-            # A consumer on its own gives a wedged model thread's jobs back by exiting (its supervisor
-            # restarts it); with the gateway in the same process, exiting would take the API down too.
-            on_stall = exit_on_stall if not http else log_stall
-            service = ConsumerService(store, broker, consumer_config(settings), on_stall=on_stall)
+            service = ConsumerService(store, broker, consumer_config(settings))
             await service.start()
         # With HTTP, the gateway's /metrics shows this process's consumer metrics too.
         metrics_server = (

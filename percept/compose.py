@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -23,7 +22,6 @@ from store.factory import open_store
 from store.port import Store
 
 log = structlog.get_logger("percept")
-STALLED_EXIT_CODE = 70  # EX_SOFTWARE
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:
@@ -57,13 +55,6 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         retention=retention(settings),
         maintenance_interval_s=settings.maintenance_interval_s,
     )
-
-
-def exit_on_stall(task_ids: Sequence[str]) -> None:
-    """A model thread cannot be interrupted: end the process, so that its unacknowledged jobs are redelivered
-    (each then runs alone, see consumers.inference) and the supervisor starts a fresh consumer."""
-    log.critical("model_run_stalled_exiting", task_ids=list(task_ids))
-    os._exit(STALLED_EXIT_CODE)
 
 
 def retention(settings: Settings) -> timedelta | None:

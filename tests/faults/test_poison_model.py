@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.skipif(not SERVER.exists(), reason="rabbitmq-server is not installed"),
 ]
 POISON = 3
-GOOD = 40
+GOOD = 160
 
 
 @pytest.fixture
@@ -86,11 +86,14 @@ def test_wedging_jobs_are_found_failed_and_dead_lettered_while_good_jobs_complet
         stop.set()
         supervisor.join()
     letters = asyncio.run(_dead_letters(running.broker.url))
-    exits = sum('"model_run_stalled_exiting"' in line for line in running.log_lines("consumer"))
+    lines = running.log_lines("consumer")
+    engines_lost = sum('"engine_lost"' in line for line in lines)
+    exits = sum('"consumer_started"' in line for line in lines) - running.consumers
     figures = {
         "good_jobs": GOOD,
         "poison_jobs": POISON,
         "consumer_exits": exits,
+        "engine_processes_lost": engines_lost,
         "good_jobs_per_s_normal": round(normal, 1),
         "good_jobs_per_s_with_poison": round(poisoned, 1),
         "ratio": round(poisoned / normal, 2),
@@ -98,10 +101,11 @@ def test_wedging_jobs_are_found_failed_and_dead_lettered_while_good_jobs_complet
     }
     print("poison model figures:", json.dumps(figures))
     assert [task["status"] for task in failed] == ["error"] * POISON, failed
-    assert all("ended the consumer" in str(task["error"]) for task in failed), failed
-    assert len(letters) == POISON and all("ended the consumer" in (reason or "") for reason in letters), (
-        letters
-    )
+    assert all("ended the model's process" in str(task["error"]) for task in failed), failed
+    assert exits == 0, "a wedged model must cost an engine process, not a consumer"
+    assert len(letters) == POISON and all(
+        "ended the model's process" in (reason or "") for reason in letters
+    ), letters
 
 
 async def _dead_letters(url: str) -> list[str | None]:

@@ -1,9 +1,8 @@
-"""The consumer's model cache: one load per network however many versions use it, LRU bounded in megabytes."""
+"""The consumer's model cache: one copy per network however many versions use it, LRU bounded in megabytes."""
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from consumers.models import ModelCache
@@ -33,11 +32,10 @@ async def test_concurrent_users_of_one_network_share_one_load(
     store = await open_store("", tmp_path)
     try:
         files = await _stored(store, "1", tiny_models["brightness"])
-        with ThreadPoolExecutor(1) as executor:
-            cache = ModelCache(store, tmp_path / "cache", executor, capacity_bytes=2**30)
-            loads = await asyncio.gather(*(cache.get("1", files, PREPROCESSING) for _ in range(5)))
-            assert all(loaded is loads[0] for loaded in loads)
-            assert loads[0].size_bytes > 0
+        cache = ModelCache(store, tmp_path / "cache", capacity_bytes=2**30)
+        loads = await asyncio.gather(*(cache.get("1", files, PREPROCESSING) for _ in range(5)))
+        assert all(loaded is loads[0] for loaded in loads)
+        assert loads[0].size_bytes > 0
     finally:
         await store.close()
 
@@ -50,21 +48,22 @@ async def test_least_recently_used_models_leave_first_when_over_budget(
         brightness = await _stored(store, "1", tiny_models["brightness"])
         boxes = await _stored(store, "2", tiny_models["boxes"])
         again = await _stored(store, "3", tiny_models["brightness"])
-        with ThreadPoolExecutor(1) as executor:
-            probe = ModelCache(store, tmp_path / "probe", executor, capacity_bytes=2**30)
-            one = (await probe.get("1", brightness, PREPROCESSING)).size_bytes
-            # Room for two brightness-sized models: the third load evicts the least recently used.
-            budget = 2 * one + one // 2
-            cache = ModelCache(store, tmp_path / "cache", executor, capacity_bytes=budget)
-            await cache.get("1", brightness, PREPROCESSING)
-            await cache.get("3", again, PREPROCESSING)
-            await cache.get("1", brightness, PREPROCESSING)  # now "3" is the least recently used
-            await cache.get("2", boxes, PREPROCESSING)
-            assert "3" not in cache.loaded_ids and cache.loaded_ids[-1] == "2"
-            # A model bigger than the whole budget still loads; it simply stands alone.
-            tiny = ModelCache(store, tmp_path / "tiny", executor, capacity_bytes=1)
-            await tiny.get("1", brightness, PREPROCESSING)
-            await tiny.get("2", boxes, PREPROCESSING)
-            assert tiny.loaded_ids == ["2"]
+        probe = ModelCache(store, tmp_path / "probe", capacity_bytes=2**30)
+        one = (await probe.get("1", brightness, PREPROCESSING)).size_bytes
+        # Room for two brightness-sized models: the third load evicts the least recently used.
+        budget = 2 * one + one // 2
+        dropped: list[str] = []
+        cache = ModelCache(store, tmp_path / "cache", capacity_bytes=budget, on_drop=dropped.append)
+        await cache.get("1", brightness, PREPROCESSING)
+        await cache.get("3", again, PREPROCESSING)
+        await cache.get("1", brightness, PREPROCESSING)  # now "3" is the least recently used
+        await cache.get("2", boxes, PREPROCESSING)
+        assert "3" not in cache.loaded_ids and cache.loaded_ids[-1] == "2"
+        assert dropped == ["3"]  # the engine processes are told to let it go
+        # A model bigger than the whole budget still loads; it simply stands alone.
+        tiny = ModelCache(store, tmp_path / "tiny", capacity_bytes=1)
+        await tiny.get("1", brightness, PREPROCESSING)
+        await tiny.get("2", boxes, PREPROCESSING)
+        assert tiny.loaded_ids == ["2"]
     finally:
         await store.close()

@@ -1,0 +1,106 @@
+"""The engine process: the one place a consumer's models are loaded and run.
+
+It serves requests from its consumer over a pipe, one at a time: load a network, run a batch, drop a network.
+A model that crashes or wedges ends (or gets killed in) this process, never the consumer, which starts another
+(consumers.engines). Imported by the fork server before it forks, so TensorFlow is ready in every child.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import tensorflow  # noqa: F401  (imported here so that the fork server preloads it)
+
+from consumers.compute import BatchRun, PreparedJob, run_batch
+from consumers.forkserver import die_with_parent, drop_settings_from_environment
+from engine.errors import ModelError
+from engine.model import SavedModel
+
+
+@dataclass(frozen=True)
+class LoadNetwork:
+    network_id: str
+    folder: str  # absolute: the child's working directory is the fork server's
+
+
+@dataclass(frozen=True)
+class RunBatch:
+    network_id: str
+    folder: str
+    items: list[PreparedJob]
+
+
+@dataclass(frozen=True)
+class DropNetwork:
+    network_id: str
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The request is done; `load_s` is what loading the network took (0 when it was loaded already)."""
+
+    load_s: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The network could not be loaded (or the request could not be served); a sentence for the user."""
+
+    error: str
+
+
+Request = LoadNetwork | RunBatch | DropNetwork
+Reply = Ready | tuple[BatchRun, float] | Failed
+
+
+class _Networks:
+    def __init__(self) -> None:
+        self._loaded: dict[str, SavedModel] = {}
+
+    def load(self, network_id: str, folder: str) -> tuple[SavedModel, float]:
+        model = self._loaded.get(network_id)
+        if model is not None:
+            return model, 0.0
+        started = time.perf_counter()
+        model = SavedModel.load(Path(folder))
+        # One run on zeros right after loading: graph optimisation happens here, not in a first request.
+        model.warm_up(1)
+        self._loaded[network_id] = model
+        return model, time.perf_counter() - started
+
+    def drop(self, network_id: str) -> None:
+        self._loaded.pop(network_id, None)
+
+
+def _handle(networks: _Networks, request: Request) -> Reply:
+    try:
+        if isinstance(request, DropNetwork):
+            networks.drop(request.network_id)
+            return Ready(load_s=0.0)
+        model, load_s = networks.load(request.network_id, request.folder)
+        if isinstance(request, LoadNetwork):
+            return Ready(load_s=load_s)
+        return run_batch(model, request.items), load_s
+    except ModelError as error:
+        return Failed(str(error))
+    except Exception as error:  # anything else is this request's failure, not the process's end
+        return Failed(f"the model process failed: {error!r}"[:2000])
+
+
+def serve(connection: Connection) -> None:
+    """The child's main loop; it ends when the consumer closes its end of the pipe."""
+    die_with_parent()
+    drop_settings_from_environment()
+    # Ctrl-C in `percept serve` reaches the whole process group: the consumer decides when this one ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    networks = _Networks()
+    while True:
+        try:
+            request = connection.recv()
+        except EOFError:
+            return
+        connection.send(_handle(networks, request))

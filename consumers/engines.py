@@ -1,0 +1,278 @@
+"""The consumer's side of its engine processes (consumers.engine_child): start, call, time out, replace.
+
+Two processes at most. `main` runs the batches. `quarantine` runs a job alone after a batch it was in ended
+its process (a crash, or a stall): the culprit shows itself there without holding up the batches of everyone
+else, who go on in a fresh main process. Quarantine starts on demand and stops when idle.
+
+Deadlines. TensorFlow cannot interrupt a kernel, so a run that wedges is ended by killing its process. A
+batch, and a job's first lone run, are suspected early: after ten times what this network's slowest batch
+so far took per image, times the batch's size (at least half a second, at most PERCEPT_MAX_RUN_S). A later
+lone run gets the full PERCEPT_MAX_RUN_S. A wrong suspicion only costs a rerun; what fails a job is a lone
+run that had all the time there is. Quarantine serves first lone runs before later ones, so the jobs that
+merely shared a batch with a culprit are not kept waiting behind its long last run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import signal
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext, ForkServerProcess
+
+import structlog
+
+from consumers import metrics
+from consumers.compute import BatchRun, PreparedJob
+from consumers.engine_child import DropNetwork, Failed, LoadNetwork, Ready, Reply, Request, RunBatch, serve
+from consumers.forkserver import context
+from consumers.models import LoadedNetwork
+from engine.errors import ModelError
+
+log = structlog.get_logger("engines")
+
+_SUSPECT_FACTOR = 10.0
+_SUSPECT_FLOOR_S = 0.5
+_QUARANTINE_IDLE_S = 30.0
+
+
+class EngineLost(Exception):
+    """The process running a request crashed or was killed at its deadline; the request has no result."""
+
+
+@dataclass(frozen=True)
+class _Process:
+    process: ForkServerProcess
+    connection: Connection
+
+
+class PriorityLock:
+    """A lock granted to the waiter with the lowest priority number, first come first served among equals."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def first(self, priority: int) -> AsyncIterator[None]:
+        if self._held or self._waiters:
+            granted = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiters, (priority, next(self._arrivals), granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._release()  # granted just as we were cancelled: pass it on
+                else:
+                    self._waiters = [entry for entry in self._waiters if entry[2] is not granted]
+                    heapq.heapify(self._waiters)
+                raise
+        else:
+            self._held = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            _, _, granted = heapq.heappop(self._waiters)
+            if not granted.done():
+                granted.set_result(None)  # ownership passes straight on: _held stays True
+                return
+        self._held = False
+
+
+class EngineSlot:
+    """One engine process, started on first use and replaced after it is lost; requests one at a time."""
+
+    def __init__(self, name: str, forkserver: ForkServerContext) -> None:
+        self.name = name
+        self._forkserver = forkserver
+        self._current: _Process | None = None
+        self._lock = PriorityLock()
+        # Calls block on the pipe: each slot has its own thread for them.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
+
+    @property
+    def running(self) -> bool:
+        return self._current is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self._current.process.pid if self._current is not None else None
+
+    async def start(self) -> None:
+        async with self._lock.first(0):
+            await self._ensure()
+
+    async def call(self, request: Request, *, deadline_s: float | None, priority: int = 0) -> Reply:
+        """Calls waiting for the process go in order of `priority` (lower first), then of arrival."""
+        async with self._lock.first(priority):
+            current = await self._ensure()
+            loop = asyncio.get_running_loop()
+            exchange = loop.run_in_executor(self._thread, _exchange, current.connection, request)
+            try:
+                return await asyncio.wait_for(asyncio.shield(exchange), timeout=deadline_s)
+            except TimeoutError:
+                current.process.kill()  # the blocked exchange then ends with EngineLost
+                with contextlib.suppress(EngineLost):
+                    await exchange
+                self._forget(current, reason="stalled")
+                raise EngineLost(f"the model ran longer than {deadline_s:.3g} s") from None
+            except EngineLost:
+                code = await loop.run_in_executor(self._thread, _exit_code, current.process)
+                self._forget(current, reason="crashed")
+                raise EngineLost(f"the model's process {_describe(code)}") from None
+
+    async def stop_process(self) -> None:
+        """End the process (it is started again on next use)."""
+        async with self._lock.first(0):
+            if self._current is not None:
+                current = self._current
+                self._current = None
+                current.connection.close()  # the child's loop ends at the end of its pipe
+                await asyncio.get_running_loop().run_in_executor(self._thread, _join, current.process)
+
+    async def close(self) -> None:
+        await self.stop_process()
+        self._thread.shutdown(wait=False)
+
+    async def _ensure(self) -> _Process:
+        if self._current is None:
+            # The first start in a process also starts the fork server (TensorFlow's import): not on the loop.
+            self._current = await asyncio.get_running_loop().run_in_executor(self._thread, self._spawn)
+            log.info("engine_started", engine=self.name, pid=self._current.process.pid)
+        return self._current
+
+    def _spawn(self) -> _Process:
+        ours, theirs = self._forkserver.Pipe()
+        process = self._forkserver.Process(
+            target=serve, args=(theirs,), name=f"percept-engine-{self.name}", daemon=True
+        )
+        process.start()
+        theirs.close()
+        return _Process(process, ours)
+
+    def _forget(self, current: _Process, *, reason: str) -> None:
+        if self._current is current:
+            self._current = None
+        current.connection.close()
+        metrics.ENGINE_RESTARTS.labels(reason).inc()
+        log.warning("engine_lost", engine=self.name, pid=current.process.pid, reason=reason)
+
+
+def _exchange(connection: Connection, request: Request) -> Reply:
+    try:
+        connection.send(request)
+        reply: Reply = connection.recv()
+    except (EOFError, OSError) as error:  # OSError: the pipe was closed under us by a kill
+        raise EngineLost(str(error)) from None
+    return reply
+
+
+def _exit_code(process: ForkServerProcess) -> int | None:
+    process.join(timeout=5)
+    return process.exitcode
+
+
+def _join(process: ForkServerProcess) -> None:
+    process.join(timeout=10)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "ended"
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+class Engines:
+    def __init__(self, *, max_run_s: float, forkserver: ForkServerContext | None = None) -> None:
+        forkserver = forkserver or context()
+        self.main = EngineSlot("main", forkserver)
+        self.quarantine = EngineSlot("quarantine", forkserver)
+        self._max_run_s = max_run_s or None
+        self._per_image_s: dict[str, float] = {}  # the slowest batch so far, per image, per network
+        self._quarantine_idle: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        await self.main.start()
+
+    async def stop(self) -> None:
+        if self._quarantine_idle is not None:
+            self._quarantine_idle.cancel()
+        await asyncio.gather(self.main.close(), self.quarantine.close())
+
+    async def load(self, network: LoadedNetwork) -> None:
+        """Load a network into the main process now (a deployment warms the model it has just checked)."""
+        request = LoadNetwork(network.network_id, str(network.folder.resolve()))
+        reply = await self.main.call(request, deadline_s=self._max_run_s)
+        if isinstance(reply, Failed):
+            raise ModelError(reply.error)
+        if isinstance(reply, Ready) and reply.load_s:
+            metrics.MODEL_LOAD_SECONDS.observe(reply.load_s)
+
+    async def run(
+        self, network: LoadedNetwork, batch: Sequence[PreparedJob], *, alone: bool, full_time: bool = False
+    ) -> BatchRun:
+        """Results in input order; raises EngineLost when the process ended before answering. `full_time`
+        gives the run all of PERCEPT_MAX_RUN_S instead of the suspicion deadline."""
+        # The image bytes stay here: only the prepared tensors cross the pipe.
+        items = [replace(item, job=item.job.model_copy(update={"image": None})) for item in batch]
+        request = RunBatch(network.network_id, str(network.folder.resolve()), items)
+        if alone:
+            self._keep_quarantine()
+            reply = await self.quarantine.call(request, deadline_s=self._max_run_s)
+        else:
+            reply = await self.main.call(
+                request, deadline_s=self._suspect_after(network.network_id, len(batch))
+            )
+        if isinstance(reply, Failed):
+            return BatchRun(results=[ModelError(reply.error)] * len(batch), predict_s=0.0, postprocess_s=0.0)
+        assert not isinstance(reply, Ready)
+        run, load_s = reply
+        if load_s:
+            metrics.MODEL_LOAD_SECONDS.observe(load_s)
+        per_image = (run.predict_s + run.postprocess_s) / len(batch)
+        self._per_image_s[network.network_id] = max(per_image, self._per_image_s.get(network.network_id, 0.0))
+        return run
+
+    def drop(self, network_id: str) -> None:
+        """Forget a network everywhere (evicted, deleted or redeployed): its next use loads it again."""
+        self._per_image_s.pop(network_id, None)
+        for slot in (self.main, self.quarantine):
+            if slot.running:
+                asyncio.get_running_loop().create_task(_drop(slot, network_id))
+
+    def _suspect_after(self, network_id: str, size: int) -> float | None:
+        if self._max_run_s is None:
+            return None
+        per_image = self._per_image_s.get(network_id)
+        if per_image is None:  # nothing measured yet: only the hard limit
+            return self._max_run_s
+        return min(self._max_run_s, max(_SUSPECT_FLOOR_S, _SUSPECT_FACTOR * per_image * size))
+
+    def _keep_quarantine(self) -> None:
+        """The quarantine process holds a model nobody else is using: it goes once lone runs stop coming."""
+        if self._quarantine_idle is not None:
+            self._quarantine_idle.cancel()
+        loop = asyncio.get_running_loop()
+        self._quarantine_idle = loop.call_later(
+            _QUARANTINE_IDLE_S, lambda: loop.create_task(self.quarantine.stop_process())
+        )
+
+
+async def _drop(slot: EngineSlot, network_id: str) -> None:
+    with contextlib.suppress(EngineLost):
+        await slot.call(DropNetwork(network_id), deadline_s=None)

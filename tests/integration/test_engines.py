@@ -1,0 +1,132 @@
+"""Engine processes: models run in a child of the consumer, which kills and replaces it when a run crashes or
+wedges, and goes on with the next batch in a fresh process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from consumers import metrics
+from consumers.compute import PreparedJob, prepare
+from consumers.engines import EngineLost, Engines
+from consumers.models import LoadedNetwork
+from schemas.messages import InferenceJob, JobImage, ModelRef
+from schemas.networks import Preprocessing
+from tests.conftest import png
+
+PREPROCESSING = Preprocessing.model_validate(
+    {"inputs": [{"tensor_name": "image", "image": {"target_size": "16x16", "pixel_scaling": 1.0}}]}
+)
+MAX_RUN_S = 3.0
+
+
+def _network(network_id: str, folder: Path) -> LoadedNetwork:
+    return LoadedNetwork(network_id=network_id, folder=folder, mean=None, size_bytes=1)
+
+
+def _job(network_id: str, grey: int) -> PreparedJob:
+    data = png((grey, grey, grey))
+    job = InferenceJob(
+        task_id=f"t{grey}",
+        owner="1",
+        model=ModelRef(network_id=network_id, network_files=[], preprocessing=PREPROCESSING),
+        image=JobImage(data=data),
+    )
+    return prepare(job, data, mean=None, max_pixels=10_000_000)
+
+
+def _mean(result: object) -> float:
+    assert isinstance(result, dict), result
+    (mean,) = (tensor["data"][0] for tensor in result["tensors"] if tensor["name"] == "mean")
+    return float(mean)
+
+
+def _lost(reason: str) -> float:
+    return metrics.ENGINE_RESTARTS.labels(reason)._value.get()  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.fixture
+async def engines() -> AsyncIterator[Engines]:
+    running = Engines(max_run_s=MAX_RUN_S)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def test_a_batch_runs_in_the_engine_process_with_results_in_input_order(
+    engines: Engines, tiny_models: dict[str, Path]
+) -> None:
+    network = _network("1", tiny_models["brightness"])
+    run = await engines.run(network, [_job("1", 0), _job("1", 255), _job("1", 128)], alone=False)
+    assert [round(_mean(result), 2) for result in run.results] == [0.0, 1.0, 0.5]
+    assert run.predict_s > 0
+
+
+async def test_a_wedged_batch_is_killed_and_the_next_batch_runs_in_a_fresh_process(
+    engines: Engines, tiny_models: dict[str, Path]
+) -> None:
+    network = _network("2", tiny_models["wedging"])
+    first = await engines.run(network, [_job("2", 0)] * 4, alone=False)  # measures this network's pace
+    assert all(_mean(result) == 0.0 for result in first.results)
+    stalled = _lost("stalled")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(EngineLost, match="ran longer than"):
+        await engines.run(network, [_job("2", 0), _job("2", 255)], alone=False)
+    # Suspected after the floor of half a second, long before the hard limit a lone run gets.
+    assert loop.time() - started < MAX_RUN_S
+    assert _lost("stalled") == stalled + 1
+    again = await engines.run(network, [_job("2", 0)], alone=False)
+    assert _mean(again.results[0]) == 0.0
+
+
+async def test_a_lone_run_gets_the_whole_time_limit_in_the_quarantine_process(
+    engines: Engines, tiny_models: dict[str, Path]
+) -> None:
+    network = _network("3", tiny_models["wedging"])
+    await engines.run(network, [_job("3", 0)], alone=False)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    lone = asyncio.create_task(engines.run(network, [_job("3", 255)], alone=True, full_time=True))
+    await asyncio.sleep(0.5)
+    # Meanwhile batches go on in the main process.
+    during = await engines.run(network, [_job("3", 0)], alone=False)
+    assert _mean(during.results[0]) == 0.0 and not lone.done()
+    with pytest.raises(EngineLost, match="ran longer than 3 s"):
+        await lone
+    assert loop.time() - started >= MAX_RUN_S
+
+
+async def test_a_crashed_process_is_named_and_replaced(
+    engines: Engines, tiny_models: dict[str, Path]
+) -> None:
+    network = _network("4", tiny_models["slow"])
+    await engines.run(network, [_job("4", 0)], alone=False)
+    pid = engines.main.pid
+    assert pid is not None and pid != os.getpid()
+    running = asyncio.create_task(engines.run(network, [_job("4", 0)] * 32, alone=False))
+    await asyncio.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(EngineLost, match="killed by SIGKILL"):
+        await running
+    after = await engines.run(network, [_job("4", 255)], alone=False)
+    assert _mean(after.results[0]) == 1.0
+    assert engines.main.pid not in (None, pid)
+
+
+async def test_a_network_that_cannot_load_fails_its_jobs_not_the_process(
+    engines: Engines, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    run = await engines.run(_network("5", tmp_path / "empty"), [_job("5", 0)], alone=False)
+    assert "saved_model.pb" in str(run.results[0]) or "SavedModel" in str(run.results[0])
+    pid = engines.main.pid
+    assert pid is not None
+    assert engines.main.running
