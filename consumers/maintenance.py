@@ -121,7 +121,12 @@ class Maintenance:
             nonlocal failed
             failed = await self._fail_tasks_of(letters)
 
-        looked_at = await self._broker.sweep_dead_letters(INFERENCE.name, handle, limit=DEAD_LETTER_SWEEP)
+        try:
+            looked_at = await self._broker.sweep_dead_letters(INFERENCE.name, handle, limit=DEAD_LETTER_SWEEP)
+        except BrokerUnavailable as error:
+            # Nothing was marked: the next round sees the same letters (a task already ended is skipped).
+            log.warning("dead_letter_sweep_failed", error=str(error))
+            return failed
         if looked_at:
             log.info("dead_letters_swept", looked_at=looked_at, failed=failed)
         return failed

@@ -231,6 +231,7 @@ def _endpoint_key(job: WebhookDelivery) -> str:
         return f"endpoint:{job.endpoint_id}"
     try:
         url = urlsplit(job.url)
-        return f"callback:{url.scheme}://{url.hostname}:{url.port}"
-    except ValueError:
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:  # an invalid port: the attempt will be refused, the key hardly matters
         return f"callback:{job.url}"
+    return f"callback:{url.scheme}://{url.hostname}:{port}"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from broker.memory import MemoryBroker
-from broker.port import Delivery
+from broker.port import BrokerUnavailable, Delivery, SweepHandler
 from broker.topology import INFERENCE
 from consumers import maintenance as maintenance_module
 from consumers.maintenance import BROKER_DEAD_LETTERED, Maintenance
@@ -141,3 +141,21 @@ class _CountingReads:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+
+class _DownBroker(MemoryBroker):
+    async def sweep_dead_letters(self, queue: str, handle: SweepHandler, *, limit: int) -> int:
+        raise BrokerUnavailable("connection lost")
+
+
+async def test_a_broker_outage_skips_the_sweep_without_ending_maintenance(tmp_path: Path) -> None:
+    store = await open_store("", tmp_path)
+    broker = _DownBroker()
+    await broker.start()
+    try:
+        results = ResultWriter(store, broker)
+        maintenance = Maintenance(store, broker, results=results, retention=None, interval_s=60)
+        assert await maintenance.fail_dead_lettered() == 0  # logged; the next round tries again
+    finally:
+        await broker.close()
+        await store.close()
