@@ -9,8 +9,11 @@ receipt is this process's clock when the fast receiver reads the request: one ma
 delivery's signature is checked with the reference `standardwebhooks` library after the run.
 
 Each event costs the slow receiver 1 + retries attempts, each holding one of the consumer's webhook slots
-for the whole timeout, so the slots sustain about webhook_prefetch / (attempts x timeout) events per second;
-`--rate` below and above that shows both regimes. Not part of the test suite.
+for the whole timeout. Without a per-endpoint cap the slots sustain about webhook_prefetch / (attempts x
+timeout) events per second, and past that the fast receiver's deliveries queue behind the slow one's
+timeouts; with it, the slow endpoint holds its share of the slots and the rest serve the fast one.
+`--max-in-flight-per-endpoint 16 --circuit-failures 0` gives the slow endpoint every slot, as before the
+cap existed. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -183,6 +186,18 @@ def main() -> None:
         "--rate", type=float, default=0.0, help="tasks per second, open loop; 0: as fast as 8 clients go"
     )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the models are built once")
+    parser.add_argument(
+        "--max-in-flight-per-endpoint",
+        type=int,
+        default=None,
+        help="PERCEPT_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (default: Percept's); 16: one endpoint, every slot",
+    )
+    parser.add_argument(
+        "--circuit-failures",
+        type=int,
+        default=None,
+        help="PERCEPT_WEBHOOK_CIRCUIT_FAILURES (default: Percept's); 0 never cuts an endpoint off",
+    )
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -191,12 +206,24 @@ def main() -> None:
         "PERCEPT_WEBHOOK_RETRY_SCHEDULE": RETRY_SCHEDULE,
         "PERCEPT_LOG_LEVEL": "warning",
     }
+    if args.max_in_flight_per_endpoint is not None:
+        settings["PERCEPT_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT"] = str(args.max_in_flight_per_endpoint)
+    if args.circuit_failures is not None:
+        settings["PERCEPT_WEBHOOK_CIRCUIT_FAILURES"] = str(args.circuit_failures)
+    defaults = ConsumerConfig(cache_dir=Path("."))
     report: dict[str, Any] = {
         "benchmark": "webhook delivery latency, fast receiver beside a slow one",
         "mode": "multi-process: percept gateway + 1 percept consumer, RabbitMQ on loopback, SQLite",
         "cpus": os.cpu_count(),
         "load_average_1m_at_start": round(os.getloadavg()[0], 2),
-        "settings": {**settings, "webhook_prefetch": ConsumerConfig.webhook_prefetch, "model": "tiny"},
+        "settings": {
+            "webhook_prefetch": defaults.webhook_prefetch,
+            "webhook_max_in_flight_per_endpoint": defaults.webhook_endpoint_in_flight,
+            "webhook_circuit_failures": defaults.webhook_circuit_failures,
+            "webhook_circuit_open_s": defaults.webhook_circuit_open_s,
+            **settings,
+            "model": "tiny",
+        },
     }
     with (
         tempfile.TemporaryDirectory(prefix="percept-bench-") as scratch,

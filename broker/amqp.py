@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import (
+    AbstractChannel,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
@@ -52,6 +53,7 @@ from broker.port import (
     Handler,
     QueueFull,
     Subscription,
+    SweepHandler,
 )
 from broker.topology import (
     DEAD_LETTER_EXCHANGE,
@@ -64,6 +66,7 @@ from broker.topology import (
     EVENTS_QUEUE_PREFIX,
     EXCHANGE,
     QUEUES,
+    SWEPT_HEADER,
     QueueSpec,
     delay_queue,
     queue_spec,
@@ -488,6 +491,69 @@ class AmqpBroker(Broker):
                     break
                 letters.append(DeadLetter(message.body, _text(message.headers.get(DEAD_REASON_HEADER))))
         return letters
+
+    async def sweep_dead_letters(self, queue: str, handle: SweepHandler, *, limit: int) -> int:
+        """Letters are fetched unacknowledged on a channel of their own, then each is copied, marked, to the
+        back of the queue (confirmed) and only then acked: a failure before the copy leaves it where it was
+        (closing the channel gives it back), one between copy and ack leaves it twice, never lost."""
+        spec = _spec(queue)
+        connection, _, _ = self._connected()
+        try:
+            async with asyncio.timeout(self._timeout):
+                channel = await connection.channel(publisher_confirms=False)
+        except FAILURES as exc:
+            raise BrokerUnavailable(f"cannot sweep dead letters: {exc!r}") from exc
+        try:
+            fetched: list[AbstractIncomingMessage] = []
+            async with asyncio.timeout(self._timeout):
+                dead = await channel.declare_queue(spec.dead_letter_queue, passive=True, robust=False)
+            for _ in range(min(limit, _message_count(dead))):
+                async with asyncio.timeout(self._timeout):
+                    message = await dead.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                fetched.append(message)
+        except FAILURES as exc:
+            await _close_quietly(channel, self._timeout)
+            raise BrokerUnavailable(f"cannot sweep dead letters: {exc!r}") from exc
+        try:
+            # Outside the broker's error handling: aio-pika counts RuntimeError among connection failures.
+            await handle(
+                [
+                    DeadLetter(message.body, _text(message.headers.get(DEAD_REASON_HEADER)))
+                    for message in fetched
+                    if SWEPT_HEADER not in message.headers
+                ]
+            )
+        except BaseException:
+            await _close_quietly(channel, self._timeout)
+            raise
+        try:
+            for message in fetched:
+                copy = aio_pika.Message(
+                    message.body,
+                    headers={**message.headers, SWEPT_HEADER: 1},
+                    message_id=message.message_id,
+                    reply_to=message.reply_to,
+                    correlation_id=message.correlation_id,
+                    content_type=message.content_type,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                )
+                await self._send_direct(copy, spec.dead_letter_queue)
+                async with asyncio.timeout(self._timeout):
+                    await message.ack()
+        except FAILURES as exc:
+            raise BrokerUnavailable(f"cannot sweep dead letters: {exc!r}") from exc
+        finally:
+            await _close_quietly(channel, self._timeout)
+        return len(fetched)
+
+
+async def _close_quietly(channel: AbstractChannel, within_s: float) -> None:
+    """Close a channel of our own; unacknowledged messages go back to their queue."""
+    with contextlib.suppress(*FAILURES):
+        async with asyncio.timeout(within_s):
+            await channel.close()
 
 
 def _message_count(queue: AbstractQueue) -> int:

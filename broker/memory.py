@@ -27,8 +27,16 @@ from broker.port import (
     Handler,
     QueueFull,
     Subscription,
+    SweepHandler,
 )
-from broker.topology import DEAD_REASON_HEADER, DEFAULT_MAX_LENGTH, QUEUES, QueueSpec, delay_queue
+from broker.topology import (
+    DEAD_REASON_HEADER,
+    DEFAULT_MAX_LENGTH,
+    QUEUES,
+    SWEPT_HEADER,
+    QueueSpec,
+    delay_queue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +303,23 @@ class MemoryBroker(Broker):
             DeadLetter(message.body, message.headers.get(DEAD_REASON_HEADER))
             for message in self._queue(queue).dead
         ]
+
+    async def sweep_dead_letters(self, queue: str, handle: SweepHandler, *, limit: int) -> int:
+        dead = self._queue(queue).dead
+        looked_at = dead[:limit]
+        await handle(
+            [
+                DeadLetter(message.body, message.headers.get(DEAD_REASON_HEADER))
+                for message in looked_at
+                if SWEPT_HEADER not in message.headers
+            ]
+        )
+        for message in looked_at:
+            message.headers[SWEPT_HEADER] = 1
+        # To the back, as on RabbitMQ; letters dead-lettered while `handle` ran stay ahead of them.
+        del dead[: len(looked_at)]
+        dead.extend(looked_at)
+        return len(looked_at)
 
     async def publish_event(self, body: bytes) -> None:
         if not self._open:

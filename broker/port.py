@@ -60,6 +60,7 @@ class DeadLetter:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+SweepHandler = Callable[[list[DeadLetter]], Awaitable[None]]
 EventHandler = Callable[[bytes], Awaitable[None]]
 
 
@@ -122,6 +123,18 @@ class Broker(ABC):
     @abstractmethod
     async def dead_letters(self, queue: str) -> list[DeadLetter]:
         """The queue's dead letters, for inspection and tests (does not consume them)."""
+
+    @abstractmethod
+    async def sweep_dead_letters(self, queue: str, handle: SweepHandler, *, limit: int) -> int:
+        """Hand the dead letters no sweep has handled yet, among the next `limit` of the queue, to `handle`;
+        returns how many letters were looked at.
+
+        Every letter looked at is marked handled (topology.SWEPT_HEADER) and moved to the back of the
+        dead-letter queue, where `dead_letters` still lists it; the next sweep goes on from there. So a sweep
+        costs at most `limit` letters however long the queue, and every letter is reached within
+        length / limit sweeps. Marking happens only after `handle` returned: if it raises, the letters stay
+        unmarked, where they were, and the error propagates.
+        """
 
     @abstractmethod
     async def publish_event(self, body: bytes) -> None:

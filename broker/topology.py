@@ -89,6 +89,8 @@ BATCH = QueueSpec("percept.batch", delivery_limit=5)
 QUEUES: tuple[QueueSpec, ...] = (INFERENCE, DEPLOYMENT, WEBHOOKS, REQUESTS, BATCH)
 # Why a message was dead-lettered, on the dead letter itself (Delivery.dead_letter).
 DEAD_REASON_HEADER = "x-percept-dead-reason"
+# On a dead letter once a sweep has handled it (Broker.sweep_dead_letters), so later sweeps skip it.
+SWEPT_HEADER = "x-percept-swept"
 
 DUE_HEADER = "x-percept-due-ms"  # epoch milliseconds at which a delayed message is due
 # Roughly 5 times apart, so a delay of up to a day takes a handful of hops; the first step is short so

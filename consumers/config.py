@@ -23,6 +23,12 @@ class ConsumerConfig:
     webhook_retry_schedule: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 28800)
     webhook_timeout_s: float = 10.0
     webhook_prefetch: int = 16  # attempts in flight at once; each holds a slot for at most the timeout
+    # Of those, one endpoint holds at most this many (consumers.webhook_gate); 0: a quarter of the prefetch.
+    webhook_max_in_flight_per_endpoint: int = 0
+    # Attempts in a row without an answer that cut an endpoint off for webhook_circuit_open_s (doubled after
+    # each failed probe); 0: never cut off.
+    webhook_circuit_failures: int = 5
+    webhook_circuit_open_s: float = 30.0
     # Tasks, webhook attempts and idempotency records; None: kept forever.
     retention: timedelta | None = timedelta(days=30)
     maintenance_interval_s: float = 60.0
@@ -33,3 +39,10 @@ class ConsumerConfig:
     # Trial loads of uploaded networks in a child process (consumers/sandbox.py).
     sandbox_memory_mb: int = 2048
     sandbox_timeout_s: float = 120.0
+
+    @property
+    def webhook_endpoint_in_flight(self) -> int:
+        """The per-endpoint cap in effect."""
+        if self.webhook_max_in_flight_per_endpoint:
+            return min(self.webhook_max_in_flight_per_endpoint, self.webhook_prefetch)
+        return max(1, self.webhook_prefetch // 4)

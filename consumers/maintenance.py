@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import structlog
 
-from broker.port import Broker, BrokerUnavailable
+from broker.port import Broker, BrokerUnavailable, DeadLetter
 from broker.topology import DEPLOYMENT, INFERENCE
 from consumers.inputs import ParentRef
 from consumers.results import ResultWriter
@@ -30,6 +30,8 @@ from store.port import EXPIRING, NETWORKS, TASKS, Store, StoreUnavailable
 log = structlog.get_logger("maintenance")
 
 _PURGE_PAGE = 1000
+# Dead letters one round looks at, whatever the length of the queue (see fail_dead_lettered).
+DEAD_LETTER_SWEEP = 500
 BROKER_DEAD_LETTERED = (
     "dead-lettered by the broker at its delivery limit: the consumers running this job kept stopping"
 )
@@ -108,10 +110,30 @@ class Maintenance:
 
     async def fail_dead_lettered(self) -> int:
         """A job whose every delivery ended its consumer reaches the broker's delivery limit unsettled: the
-        broker dead-letters it without a reason, and nobody ends its task. End those tasks in error here; the
-        letters stay in the dead-letter queue for inspection."""
+        broker dead-letters it without a reason, and nobody ends its task. End those tasks in error here.
+
+        Each round looks at no more than DEAD_LETTER_SWEEP letters, and only at letters no round handled
+        before (Broker.sweep_dead_letters marks them), so a dead-letter queue of 100,000 letters costs what
+        one of DEAD_LETTER_SWEEP does; the letters stay in the queue for inspection."""
+        failed = 0
+
+        async def handle(letters: list[DeadLetter]) -> None:
+            nonlocal failed
+            failed = await self._fail_tasks_of(letters)
+
+        try:
+            looked_at = await self._broker.sweep_dead_letters(INFERENCE.name, handle, limit=DEAD_LETTER_SWEEP)
+        except BrokerUnavailable as error:
+            # Nothing was marked: the next round sees the same letters (a task already ended is skipped).
+            log.warning("dead_letter_sweep_failed", error=str(error))
+            return failed
+        if looked_at:
+            log.info("dead_letters_swept", looked_at=looked_at, failed=failed)
+        return failed
+
+    async def _fail_tasks_of(self, letters: list[DeadLetter]) -> int:
         jobs = []
-        for letter in await self._broker.dead_letters(INFERENCE.name):
+        for letter in letters:
             if letter.reason is not None:
                 continue  # dead-lettered by a consumer, which ended the task itself
             try:

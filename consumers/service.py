@@ -62,7 +62,7 @@ class ConsumerService:
         self._sender = WebhookSender(
             OutboundPolicy(config.outbound_allow), timeout_s=config.webhook_timeout_s
         )
-        self._webhooks = WebhookWorker(store, broker, self._sender, schedule=config.webhook_retry_schedule)
+        self._webhooks = WebhookWorker(store, broker, self._sender, config=config)
         sandbox = Sandbox(
             SandboxLimits(memory_mb=config.sandbox_memory_mb, timeout_s=config.sandbox_timeout_s)
         )

@@ -3,6 +3,10 @@
 A failed attempt is recorded and its retry published as a new, delayed message (the broker's delay queues),
 so a slow or dead receiver holds one prefetch slot for at most one timeout, never the queue. Every attempt
 is stored before its message is acked; a crash in between repeats the attempt under the same `webhook-id`.
+
+Slots are shared fairly (consumers.webhook_gate): an endpoint with its share of attempts in flight, or cut
+off after attempts in a row without an answer, gets its next delivery put back with a delay, unattempted
+and unrecorded, so one dead receiver cannot hold every slot while the others wait behind its timeouts.
 """
 
 from __future__ import annotations
@@ -11,15 +15,18 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
 
 import structlog
 from pydantic import TypeAdapter
 
 from broker.port import Broker, Delivery
 from broker.topology import WEBHOOKS
+from consumers.config import ConsumerConfig
 from consumers.runner import parse_or_dead_letter, settle
 from consumers.signing import signed_headers
 from consumers.webhook_events import body_of, event_of, message_id
+from consumers.webhook_gate import Deferral, EndpointGate
 from consumers.webhook_sender import Sent, WebhookSender
 from schemas.common import utc_now
 from schemas.documents import HOOKS_OWNER, AttemptResult, WebhookAttemptDoc
@@ -41,15 +48,21 @@ class WebhookWorker:
         broker: Broker,
         sender: WebhookSender,
         *,
-        schedule: Sequence[float],
+        config: ConsumerConfig,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`schedule[i]` is the delay before attempt i + 2; after len(schedule) retries a delivery fails."""
+        """`config.webhook_retry_schedule[i]` is the delay before attempt i + 2; after all of them a
+        delivery fails."""
         self._store = store
         self._broker = broker
         self._sender = sender
-        self._schedule = tuple(schedule)
+        self._schedule = tuple(config.webhook_retry_schedule)
         self._clock = clock
+        self._gate = EndpointGate(
+            max_in_flight=config.webhook_endpoint_in_flight,
+            failures=config.webhook_circuit_failures,
+            open_s=config.webhook_circuit_open_s,
+        )
 
     async def handle(self, delivery: Delivery) -> None:
         job = await parse_or_dead_letter(delivery, _JOB.validate_json)
@@ -112,16 +125,26 @@ class WebhookWorker:
             await self._store.delete(TASK_HOOKS, hook.task_id, owner=HOOKS_OWNER)
 
     async def _attempt(self, job: WebhookDelivery) -> None:
-        if job.endpoint_id is None:
-            url, secret = job.url, await account_secret(self._store, job.tenant)
-        else:
-            endpoint = await self._store.get(WEBHOOK_ENDPOINTS, job.endpoint_id, owners=[job.tenant])
-            if endpoint is None or not endpoint.enabled:
-                log.info("webhook_dropped", reason="endpoint deleted or disabled")
-                return
-            url, secret = endpoint.url, endpoint.secret  # its current URL, should it have been edited
-        headers = signed_headers(secret, job.message_id, int(self._clock()), job.body)
-        sent = await self._sender.post(url, job.body, headers)
+        ticket = self._gate.acquire(_endpoint_key(job))
+        if isinstance(ticket, Deferral):
+            await self._defer(job, ticket)
+            return
+        answered: bool | None = None
+        try:
+            if job.endpoint_id is None:
+                url, secret = job.url, await account_secret(self._store, job.tenant)
+            else:
+                endpoint = await self._store.get(WEBHOOK_ENDPOINTS, job.endpoint_id, owners=[job.tenant])
+                if endpoint is None or not endpoint.enabled:
+                    log.info("webhook_dropped", reason="endpoint deleted or disabled")
+                    return
+                url, secret = endpoint.url, endpoint.secret  # its current URL, should it have been edited
+            headers = signed_headers(secret, job.message_id, int(self._clock()), job.body)
+            sent = await self._sender.post(url, job.body, headers)
+            # A refused address was never contacted: it says nothing of whether the receiver answers.
+            answered = sent.status_code is not None or sent.refused
+        finally:
+            self._gate.release(ticket, answered=answered)
         result, retry_in = self._judge(job, sent)
         if result is AttemptResult.GONE and job.endpoint_id is not None:
             await self._store.update(
@@ -144,6 +167,16 @@ class WebhookWorker:
                 message_id=f"{job.message_id}.{retry.attempt}",
                 delay_s=retry_in,
             )
+
+    async def _defer(self, job: WebhookDelivery, deferral: Deferral) -> None:
+        """The same attempt again later: same message, same attempt number, nothing recorded."""
+        await self._broker.publish(
+            WEBHOOKS.name,
+            job.model_dump_json().encode(),
+            message_id=f"{job.message_id}.{job.attempt}",
+            delay_s=deferral.delay_s,
+        )
+        log.info("webhook_deferred", reason=deferral.reason, delay_s=round(deferral.delay_s, 3))
 
     def _judge(self, job: WebhookDelivery, sent: Sent) -> tuple[AttemptResult, float | None]:
         """The attempt's result, and the delay before the next attempt if there is one."""
@@ -189,3 +222,16 @@ def _status_error(status: int | None) -> str | None:
     if 300 <= status < 400:
         return f"HTTP {status}: redirects are not followed"
     return f"HTTP {status}"
+
+
+def _endpoint_key(job: WebhookDelivery) -> str:
+    """What the cap counts by: a registered endpoint, or a callback URL's receiver (scheme, host, port)
+    whatever its path and tenant, since callback URLs often differ per task only in their path or query."""
+    if job.endpoint_id is not None:
+        return f"endpoint:{job.endpoint_id}"
+    try:
+        url = urlsplit(job.url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:  # an invalid port: the attempt will be refused, the key hardly matters
+        return f"callback:{job.url}"
+    return f"callback:{url.scheme}://{url.hostname}:{port}"

@@ -52,6 +52,9 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         max_run_s=settings.max_run_s,
         webhook_retry_schedule=retry_delays(settings.webhook_retry_schedule),
         webhook_timeout_s=settings.webhook_timeout_s,
+        webhook_max_in_flight_per_endpoint=settings.webhook_max_in_flight_per_endpoint,
+        webhook_circuit_failures=settings.webhook_circuit_failures,
+        webhook_circuit_open_s=settings.webhook_circuit_open_s,
         retention=retention(settings),
         maintenance_interval_s=settings.maintenance_interval_s,
     )

@@ -59,6 +59,26 @@ class Settings(BaseSettings):
         description="comma-separated seconds between webhook attempts; the default spans about a day",
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=300, description="per webhook attempt")
+    webhook_max_in_flight_per_endpoint: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="webhook attempts one endpoint may have in flight per consumer, the rest wait queued"
+        " without holding a slot; 0: a quarter of the consumer's 16 webhook slots",
+    )
+    webhook_circuit_failures: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="webhook attempts in a row without an answer that cut an endpoint off for a while;"
+        " 0: never",
+    )
+    webhook_circuit_open_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="the first cut-off, doubled after each failed probe up to 10 minutes (or this)",
+    )
     retention_days: float = Field(
         default=30.0,
         ge=0,

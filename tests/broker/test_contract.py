@@ -366,3 +366,49 @@ async def test_a_drained_queue_takes_publishes_again(bounded: Broker) -> None:
                 await asyncio.sleep(0.05)
     assert (await inbox.next()).message_id == "again"
     await subscription.cancel()
+
+
+async def test_sweeping_dead_letters_hands_each_over_once_a_few_at_a_time(adapter: Adapter) -> None:
+    broker = adapter.broker
+    inbox = Inbox()
+    for index in range(7):
+        await broker.publish(QUEUE, f"job{index}".encode(), message_id=f"m{index}")
+    subscription = await broker.consume(QUEUE, inbox, prefetch=7)
+    for index in range(7):
+        delivery = await inbox.next()
+        if index % 2:
+            await delivery.dead_letter(f"reason {index}")
+        else:
+            await delivery.reject(requeue=False)
+    letters = await adapter.dead_letters(QUEUE, 7)
+    handed: list[list[DeadLetter]] = []
+
+    async def handle(batch: list[DeadLetter]) -> None:
+        handed.append(batch)
+
+    async def refuse(batch: list[DeadLetter]) -> None:
+        raise RuntimeError("the store is down")
+
+    # A handler that fails marks nothing: the same letters come again.
+    with pytest.raises(RuntimeError):
+        await broker.sweep_dead_letters(QUEUE, refuse, limit=3)
+    # Three letters a sweep at most; those handled before are looked at but not handed over again.
+    assert [await broker.sweep_dead_letters(QUEUE, handle, limit=3) for _ in range(4)] == [3, 3, 3, 3]
+    assert [len(batch) for batch in handed] == [3, 3, 1, 0]
+    assert sorted((d.body, d.reason) for batch in handed for d in batch) == sorted(
+        (d.body, d.reason) for d in letters
+    )
+    # Every letter is still there for inspection, with its reason.
+    assert sorted((d.body, d.reason) for d in await broker.dead_letters(QUEUE)) == sorted(
+        (d.body, d.reason) for d in letters
+    )
+
+    # A letter dead-lettered later is reached within length / limit sweeps.
+    await broker.publish(QUEUE, b"late", message_id="m7")
+    await (await inbox.next()).reject(requeue=False)
+    await adapter.dead_letters(QUEUE, 8)
+    handed.clear()
+    for _ in range(3):
+        await broker.sweep_dead_letters(QUEUE, handle, limit=3)
+    assert [d.body for batch in handed for d in batch] == [b"late"]
+    await subscription.cancel()
