@@ -85,15 +85,18 @@ class Percept:
             if task["status"] != "pending":
                 return task
 
-    async def infer(self, version_id: str, body: Body) -> dict[str, Any]:
-        """Submit one image to a version and return the finished task."""
+    async def submit(self, version_id: str, body: Body) -> str:
+        """Submit one image to a version; its task id."""
         headers = {**self._headers, "Content-Type": body.content_type}
         path = f"/recognition/versions/{version_id}/inference"
         async with self._session.post(self._url + path, data=body.data, headers=headers) as response:
             if not 200 <= response.status < 300:
                 raise RequestFailed(f"POST {path}: {response.status} {(await response.text())[:300]}")
-            task_id = (await response.json())["task_id"]
-        return await self.finished(task_id)
+            return str((await response.json())["task_id"])
+
+    async def infer(self, version_id: str, body: Body) -> dict[str, Any]:
+        """Submit one image to a version and return the finished task."""
+        return await self.finished(await self.submit(version_id, body))
 
     async def infer_ok(self, version_id: str, body: Body) -> None:
         """`infer`, raising RequestFailed unless the task succeeded: the load generator's view of Percept."""

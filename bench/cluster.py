@@ -26,9 +26,15 @@ class ClusterError(Exception):
 
 
 class Cluster:
-    def __init__(self, scratch: Path, settings: dict[str, str]) -> None:
+    def __init__(
+        self, scratch: Path, settings: dict[str, str], *, gateway_profile: Path | None = None
+    ) -> None:
         self.scratch = scratch
         self.settings = settings  # PERCEPT_* variables every Percept process gets
+        self.gateway_profile = (
+            gateway_profile  # the gateway runs under cProfile, its stats written here on exit
+        )
+        self.store_path = scratch / "percept.sqlite3"
         self.url = f"http://127.0.0.1:{free_port()}"
         self._rabbitmq: RabbitMQ | None = None
         self._broker_url = os.environ.get("PERCEPT_TEST_AMQP_URL", "")  # a broker we neither own nor stop
@@ -70,6 +76,10 @@ class Cluster:
         for index, (process, metrics_url) in enumerate(self._consumers):
             self._wait_until_answers(process, f"consumer-{index}", metrics_url)
 
+    async def purge_queues(self) -> None:
+        """Drop every queued message: with no consumer running, jobs would pile up in the broker."""
+        await purge_queues(self._broker_url)
+
     @property
     def consumer_metrics_urls(self) -> list[str]:
         return [metrics_url for _, metrics_url in self._consumers]
@@ -89,15 +99,18 @@ class Cluster:
             **self.settings,
             **extra,
             "PERCEPT_BROKER_URL": self._broker_url,
-            "PERCEPT_STORE_URL": f"sqlite:///{self.scratch / 'percept.sqlite3'}",
+            "PERCEPT_STORE_URL": f"sqlite:///{self.store_path}",
             "PERCEPT_DATA_DIR": str(self.scratch / "data"),
             "PERCEPT_BOOTSTRAP_API_KEY": KEY,
             "PERCEPT_LOG_FORMAT": "json",
         }
+        profiler: list[str] = []
+        if role == "gateway" and self.gateway_profile is not None:
+            profiler = ["-m", "cProfile", "-o", str(self.gateway_profile)]
         with (self.scratch / f"{role}.log").open("ab") as log:
             # Own session: Ctrl-C reaches only the benchmark, which then stops everything in order.
             return subprocess.Popen(
-                [sys.executable, "-m", "percept.cli", role.split("-")[0]],
+                [sys.executable, *profiler, "-m", "percept.cli", role.split("-")[0]],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -19,6 +19,7 @@ from gateway.context import (
     OUTBOX_CLEANER,
     RESOLVED,
     STORE,
+    TASK_IDS,
     WAITERS,
     GatewayConfig,
 )
@@ -44,6 +45,7 @@ from gateway.routes import (
 from gateway.waiters import TaskWaiters, follow_task_events
 from store.api_keys import KeyCache
 from store.hooks import EndpointPresence
+from store.id_blocks import IdBlocks
 from store.outbox import OutboxCleaner
 from store.port import Store
 
@@ -86,6 +88,7 @@ def create_app(config: GatewayConfig, *, store: Store, broker: Broker) -> web.Ap
     app[OUTBOX_CLEANER] = OutboxCleaner(store)
     app[ENDPOINTS] = EndpointPresence()
     app[RESOLVED] = ResolvedModels()
+    app[TASK_IDS] = IdBlocks(store, "tasks", block=config.task_id_block)
     app.cleanup_ctx.append(_clean_outbox)
     app.router.add_get("/openapi.json", serve_openapi)
     app.router.add_get("/metrics", serve_metrics)

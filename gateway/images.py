@@ -30,6 +30,12 @@ def sniff_format(data: bytes) -> str | None:
 
 def _decode_base64(text: str, field: str) -> bytes:
     try:
+        # Fast path: clean base64 (no whitespace) decoded by binascii's strict mode, which accepts a subset of
+        # what the path below does, at half its cost (b64decode's `validate` runs a regex over the text).
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        pass
+    try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput(

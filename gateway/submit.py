@@ -13,9 +13,10 @@ from pydantic import BaseModel
 from broker.port import BrokerUnavailable, QueueFull
 from broker.topology import INFERENCE, QueueSpec
 from gateway import idempotency
-from gateway.context import BROKER, CONFIG, ENDPOINTS, OUTBOX_CLEANER, STORE, owner_of
+from gateway.context import BROKER, CONFIG, ENDPOINTS, OUTBOX_CLEANER, STORE, TASK_IDS, owner_of
 from gateway.errors import InvalidInput, Overloaded, Unavailable
 from gateway.images import job_image
+from gateway.job_body import job_body
 from gateway.multi_input import input_jobs, multi_input_tasks, publish_inputs
 from gateway.routes.common import ok
 from schemas.documents import TaskDoc, TaskKind, TaskOutcome, TaskStatus
@@ -45,7 +46,7 @@ def outgoing(queue: QueueSpec, *, owner: str, jobs: Sequence[tuple[str, str, Bas
                 message_id=message_id,
                 task_id=task_id,
                 task_owner=owner,
-                body=job.model_dump_json().encode(),
+                body=job_body(job) if isinstance(job, InferenceJob) else job.model_dump_json().encode(),
             ),
         )
         for message_id, task_id, job in jobs
@@ -110,7 +111,7 @@ async def submit_inference(
     ]
     owner = owner_of(request)
     key = idempotency.presented_key(request)
-    task_id = await request.app[STORE].next_id("tasks")
+    task_id = await request.app[TASK_IDS].next()
     if key is not None:
         print_ = idempotency.fingerprint(request, inference.model_dump_json().encode())
         earlier = await idempotency.claim(request, owner=owner, key=key, print_=print_, task_id=task_id)

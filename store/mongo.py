@@ -129,6 +129,12 @@ class MongoStore(Store):
     async def next_id(self, counter: str) -> str:
         return str(await self._increment(_COUNTERS, counter))
 
+    async def reserve_ids(self, counter: str, count: int) -> range:
+        if count < 1:
+            raise ValueError(f"reserve at least one id, not {count}")
+        last = await self._increment(_COUNTERS, counter, by=count)
+        return range(last - count + 1, last + 1)
+
     async def insert(self, collection: Collection[D], doc: D) -> None:
         stored = doc.model_dump(mode="json", exclude={"id"})
         if (expiring := _EXPIRING.get(collection.name)) is not None:

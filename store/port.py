@@ -132,6 +132,12 @@ class Store(ABC):
         """A decimal string, strictly increasing per counter, unique across processes sharing the store."""
 
     @abstractmethod
+    async def reserve_ids(self, counter: str, count: int) -> range:
+        """`count` consecutive values of `counter` in one write, none of which `next_id` or another
+        reservation (in any process sharing the store) hands out: ids to render as decimal strings. Values a
+        process reserves and never uses are skipped, so ids are unique, not dense."""
+
+    @abstractmethod
     async def insert(self, collection: Collection[D], doc: D) -> None:
         """Raises DuplicateId if `doc.id` exists."""
 

@@ -154,14 +154,20 @@ class SqliteStore(Store):
         return store
 
     async def next_id(self, counter: str) -> str:
+        return str((await self.reserve_ids(counter, 1)).start)
+
+    async def reserve_ids(self, counter: str, count: int) -> range:
+        if count < 1:
+            raise ValueError(f"reserve at least one id, not {count}")
         # One statement is one transaction: atomic across processes without an explicit BEGIN.
         async with self._session() as db:
             rows = await db.execute_fetchall(
-                "INSERT INTO counters (name, value) VALUES (?, 1)"
-                " ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
-                (counter,),
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value RETURNING value",
+                (counter, count),
             )
-        return str(next(iter(rows))[0])
+        last = int(next(iter(rows))[0])
+        return range(last - count + 1, last + 1)
 
     async def insert(self, collection: Collection[D], doc: D) -> None:
         body = json.dumps(doc.model_dump(mode="json"))

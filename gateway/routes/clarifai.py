@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from broker.topology import INFERENCE
 from gateway import clarifai_shape
 from gateway.clarifai_shape import Code
-from gateway.context import CONFIG, STORE, WAITERS, owner_of
+from gateway.context import CONFIG, STORE, TASK_IDS, WAITERS, owner_of
 from gateway.errors import ApiError, InvalidInput, NotFound
 from gateway.images import job_image
 from gateway.routes.common import add, parse, path_id
@@ -120,8 +120,7 @@ async def _run(request: web.Request, model: ModelRef, inputs: list[_Input]) -> d
     if not runnable:
         return {}
     owner = owner_of(request)
-    store = request.app[STORE]
-    ids = list(await asyncio.gather(*(store.next_id("tasks") for _ in runnable)))
+    ids = await request.app[TASK_IDS].take(len(runnable))
     jobs = []
     for item, task_id in zip(runnable, ids, strict=True):
         assert item.image is not None

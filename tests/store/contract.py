@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from schemas.common import utc_now
 from schemas.documents import PUBLIC_OWNER, ApiKeyDoc, TaskDoc, TaskKind, TaskOutcome, TaskStatus
+from store.id_blocks import IdBlocks
 from store.port import API_KEYS, EXPIRING, TASKS, DuplicateId, Expiring, FileMissing, Store, StoreError
 
 ALICE = "alice"
@@ -225,6 +226,37 @@ class StoreContract:
     async def test_next_id_is_unique_under_concurrency(self, store: Store) -> None:
         ids = await asyncio.gather(*(store.next_id("tasks") for _ in range(50)))
         assert sorted(map(int, ids)) == list(range(1, 51))
+
+    async def test_reserve_ids_takes_a_run_no_other_call_gets(self, store: Store) -> None:
+        assert await store.next_id("tasks") == "1"
+        block = await store.reserve_ids("tasks", 10)
+        assert block == range(2, 12)
+        assert await store.next_id("tasks") == "12"
+        assert await store.reserve_ids("networks", 1) == range(1, 2)  # counters stay apart
+        with pytest.raises(ValueError, match="at least one id"):
+            await store.reserve_ids("tasks", 0)
+
+    async def test_reservations_under_concurrency_never_overlap(self, store: Store) -> None:
+        blocks = await asyncio.gather(
+            *(store.reserve_ids("tasks", size) for size in (1, 5, 64, 3) * 5),
+            *(store.next_id("tasks") for _ in range(10)),
+        )
+        values = [int(value) for item in blocks for value in (item if isinstance(item, range) else [item])]
+        assert sorted(values) == list(range(1, len(values) + 1))
+
+    async def test_id_blocks_hand_out_reserved_ids_once(self, store: Store) -> None:
+        first, second = IdBlocks(store, "tasks", block=4), IdBlocks(store, "tasks", block=3)
+        taken = await asyncio.gather(
+            *(blocks.next() for _ in range(9) for blocks in (first, second)),
+            first.take(6),
+            second.take(2),
+            store.next_id("tasks"),
+        )
+        ids = [value for item in taken for value in ([item] if isinstance(item, str) else item)]
+        assert len(ids) == 9 * 2 + 6 + 2 + 1 == len(set(ids))
+        assert all(value.isdigit() for value in ids)
+        run = await first.take(5)
+        assert [int(value) for value in run] == sorted(int(value) for value in run)
 
     # task completion
 

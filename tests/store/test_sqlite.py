@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import store.sqlite
+from store.id_blocks import IdBlocks
 from store.port import TASKS, StoreUnavailable
 from store.sqlite import SqliteStore
 from tests.store.contract import ALICE, StoreContract, task
@@ -58,6 +59,41 @@ def test_next_id_is_unique_across_processes(tmp_path: Path) -> None:
         runs = pool.starmap(_allocate, [(path, 30)] * 3)
     assert all(run == sorted(run) for run in runs)
     assert sorted(n for run in runs for n in run) == list(range(1, 91))
+
+
+def _allocate_in_blocks(path: Path, count: int) -> list[str]:
+    async def allocate() -> list[str]:
+        opened = await SqliteStore.open(path, path.parent / "files")
+        blocks = IdBlocks(opened, "tasks", block=7)
+        try:
+            ids = [await blocks.next() for _ in range(count)]
+            return ids + [await opened.next_id("tasks")] + await blocks.take(9)
+        finally:
+            await opened.close()
+
+    return asyncio.run(allocate())
+
+
+def test_id_blocks_are_unique_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        runs = pool.starmap(_allocate_in_blocks, [(path, 30)] * 3)
+    ids = [value for run in runs for value in run]
+    assert len(ids) == 3 * 40 == len(set(ids))
+
+
+async def test_two_stores_on_one_file_reserve_apart(tmp_path: Path) -> None:
+    first = await SqliteStore.open(tmp_path / "db.sqlite3", tmp_path / "files")
+    second = await SqliteStore.open(tmp_path / "db.sqlite3", tmp_path / "files")
+    try:
+        blocks = [IdBlocks(first, "tasks", block=5), IdBlocks(second, "tasks", block=5)]
+        ids = await asyncio.gather(*(each.next() for _ in range(23) for each in blocks))
+        assert len(set(ids)) == len(ids)
+        # 23 ids a store take five blocks of five: ten blocks in all, 1 to 50, whoever reserved which.
+        assert set(map(int, ids)) <= set(range(1, 51))
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_a_database_locked_too_long_is_unavailable(
