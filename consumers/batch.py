@@ -14,7 +14,7 @@ import structlog
 
 from broker.backpressure import publish_when_room
 from broker.port import Broker, Delivery
-from broker.topology import BATCH, INFERENCE
+from broker.topology import BATCH, INFERENCE_BATCH
 from consumers.results import ResultWriter
 from consumers.runner import PermanentFailure, parse_or_dead_letter, settle
 from schemas.annolab import CHUNK_SIZE, BatchChunk, source_task_id
@@ -98,9 +98,10 @@ class BatchWorker:
             await self._results.write(TaskOutcome(task_id=task_id, status=TaskStatus.ERROR, error=error))
             return
         message = InferenceJob(task_id=task_id, owner=job.owner, model=job.model, image=image)
-        # A full inference queue pauses the job's dispatch instead of failing its sources.
+        # Their own queue, so that interactive jobs never wait behind them (broker.topology). A full queue
+        # pauses the job's dispatch instead of failing its sources.
         await publish_when_room(
-            self._broker, INFERENCE.name, message.model_dump_json().encode(), message_id=task_id
+            self._broker, INFERENCE_BATCH.name, message.model_dump_json().encode(), message_id=task_id
         )
 
     async def _image(self, source: SourceDoc | None) -> JobImage | None:

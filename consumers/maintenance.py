@@ -16,7 +16,7 @@ from datetime import timedelta
 import structlog
 
 from broker.port import Broker, BrokerUnavailable
-from broker.topology import DEPLOYMENT, INFERENCE
+from broker.topology import DEPLOYMENT, INFERENCE_QUEUES
 from consumers.inputs import ParentRef
 from consumers.results import ResultWriter
 from consumers.runner import wait_for_store
@@ -111,7 +111,10 @@ class Maintenance:
         broker dead-letters it without a reason, and nobody ends its task. End those tasks in error here; the
         letters stay in the dead-letter queue for inspection."""
         jobs = []
-        for letter in await self._broker.dead_letters(INFERENCE.name):
+        letters = [
+            letter for queue in INFERENCE_QUEUES for letter in await self._broker.dead_letters(queue.name)
+        ]
+        for letter in letters:
             if letter.reason is not None:
                 continue  # dead-lettered by a consumer, which ended the task itself
             try:
