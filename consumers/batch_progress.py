@@ -44,11 +44,32 @@ class BatchProgress:
             return []
         jobs = await self._jobs(links)
         by_task = {outcome.task_id: outcome for outcome in outcomes}
-        for link in links:
-            job = jobs.get(link.job_id)
-            if job is not None:
-                await self._put(_prediction(job, link, by_task[link.id]))
+        predictions = [
+            _prediction(jobs[link.job_id], link, by_task[link.id]) for link in links if link.job_id in jobs
+        ]
+        await self._put_many(predictions)
         return list(jobs.values())
+
+    async def _put_many(self, predictions: Sequence[PredictionDoc]) -> None:
+        """New predictions in one write (a source's first in its layer, the common case); the others, and
+        any that another process wrote meanwhile, one by one."""
+        # The same source twice in one batch (two jobs into one layer): the second goes one by one.
+        first = list({p.id: p for p in reversed(predictions)}.values())[::-1]
+        owners = sorted({p.owner for p in first})
+        existing = {
+            d.id for d in await self._store.get_many(PREDICTIONS, [p.id for p in first], owners=owners)
+        }
+        fresh = [p for p in first if p.id not in existing]
+        try:
+            await self._store.insert_many(PREDICTIONS, fresh)
+            inserted = {p.id for p in fresh}
+        except DuplicateId:
+            inserted = set()
+        for prediction in predictions:
+            if prediction.id in inserted:
+                inserted.discard(prediction.id)  # only its first occurrence
+                continue
+            await self._put(prediction)
 
     async def advance(self, jobs: Sequence[BatchJobDoc]) -> list[str]:
         """Recount, publish the chunks now allowed, end finished jobs; returns the job tasks that ended.
