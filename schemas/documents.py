@@ -194,7 +194,8 @@ class IdempotencyDoc(Document):
 
 
 class ProjectDoc(Document):
-    """A dataset: sources (images), and later tags and regions (Custom Vision training projects reuse it).
+    """A dataset: sources (images), tags, and regions (a tag on a box of a source), which Custom Vision
+    training projects reuse.
 
     `name` is unique per owner, so a project is named by its id or its name (Annolab's projectIdentifier).
     """
@@ -219,6 +220,31 @@ class LayerDoc(Document):
 
     project_id: str
     name: str
+    create_date: datetime = Field(default_factory=utc_now)
+
+
+class TagDoc(Document):
+    """A tag of a project (Custom Vision's tags); `name` is unique within the project."""
+
+    project_id: str
+    name: str
+    description: str = ""
+    create_date: datetime = Field(default_factory=utc_now)
+
+
+class RegionDoc(Document):
+    """A tagged box on a source, normalized to the image: 0 <= left < left + width <= 1, same vertically.
+
+    Custom Vision's region shape (left, top, width, height), so its training projects reuse it unchanged.
+    """
+
+    project_id: str
+    source_id: str
+    tag_id: str
+    left: float
+    top: float
+    width: float
+    height: float
     create_date: datetime = Field(default_factory=utc_now)
 
 

@@ -23,8 +23,10 @@ from schemas.documents import (
     OutboxDoc,
     PredictionDoc,
     ProjectDoc,
+    RegionDoc,
     SourceDoc,
     SpecDoc,
+    TagDoc,
     TaskDoc,
     TaskHookDoc,
     TaskOutcome,
@@ -56,6 +58,8 @@ IDEMPOTENCY = Collection("idempotency", IdempotencyDoc)
 PROJECTS = Collection("projects", ProjectDoc)
 SOURCES = Collection("sources", SourceDoc)
 LAYERS = Collection("layers", LayerDoc)
+TAGS = Collection("tags", TagDoc)
+REGIONS = Collection("regions", RegionDoc)
 BATCH_JOBS = Collection("batch_jobs", BatchJobDoc)
 BATCH_LINKS = Collection("batch_links", BatchLinkDoc)
 PREDICTIONS = Collection("predictions", PredictionDoc)
@@ -74,6 +78,8 @@ ALL_COLLECTIONS: tuple[Collection[Any], ...] = (
     PROJECTS,
     SOURCES,
     LAYERS,
+    TAGS,
+    REGIONS,
     BATCH_JOBS,
     BATCH_LINKS,
     PREDICTIONS,
