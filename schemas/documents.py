@@ -289,6 +289,20 @@ class BatchLinkDoc(Document):
     source_id: str
 
 
+class BatchChunkDoc(Document):
+    """A chunk of a batch job all of whose sources have their prediction; `id` is `<job_id>.chunk<n>`.
+
+    Written once (its content follows from the stored predictions, so whichever process writes it first
+    writes the same): a job's progress sums these and reads the predictions of its unfinished chunks only,
+    instead of counting every prediction of the job after every batch of outcomes.
+    """
+
+    job_id: str
+    chunk: int
+    done: int
+    failed: int
+
+
 class PredictionDoc(Document):
     """A source's prediction in a layer; `id` is `<layer_id>:<source_id>`: a later job overwrites it."""
 

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from schemas.documents import (
     ApiKeyDoc,
+    BatchChunkDoc,
     BatchJobDoc,
     BatchLinkDoc,
     Document,
@@ -62,6 +63,7 @@ TAGS = Collection("tags", TagDoc)
 REGIONS = Collection("regions", RegionDoc)
 BATCH_JOBS = Collection("batch_jobs", BatchJobDoc)
 BATCH_LINKS = Collection("batch_links", BatchLinkDoc)
+BATCH_CHUNKS = Collection("batch_chunks", BatchChunkDoc)
 PREDICTIONS = Collection("predictions", PredictionDoc)
 OUTBOX = Collection("outbox", OutboxDoc)
 ALL_COLLECTIONS: tuple[Collection[Any], ...] = (
@@ -82,6 +84,7 @@ ALL_COLLECTIONS: tuple[Collection[Any], ...] = (
     REGIONS,
     BATCH_JOBS,
     BATCH_LINKS,
+    BATCH_CHUNKS,
     PREDICTIONS,
     OUTBOX,
 )
