@@ -84,9 +84,17 @@ WEBHOOKS = QueueSpec("percept.webhooks", delivery_limit=5, bounded=False)
 # and an ordinary job on INFERENCE, so both doors share batching and scale-out.
 REQUESTS = QueueSpec("percept.requests", delivery_limit=5)
 # Annolab batch jobs: each message is one chunk of a job's sources (schemas.annolab.BatchChunk), which a
-# consumer turns into ordinary jobs on INFERENCE; chunks are published as earlier ones finish.
+# consumer turns into ordinary jobs on INFERENCE_BATCH; chunks are published as earlier ones finish.
 BATCH = QueueSpec("percept.batch", delivery_limit=5)
-QUEUES: tuple[QueueSpec, ...] = (INFERENCE, DEPLOYMENT, WEBHOOKS, REQUESTS, BATCH)
+# The inference jobs of batch chunks, apart from interactive ones: RabbitMQ 3.10's quorum queues have no
+# message priorities, so "interactive first" is two queues. Consumers take these with a prefetch of one model
+# batch (consumers.service), so an interactive job meets at most one batch run of them ahead of it, however
+# long the batch job. Same handler and the same delivery limit as INFERENCE (consumers.inference settles
+# with INFERENCE's), same dead-lettering.
+INFERENCE_BATCH = QueueSpec("percept.inference.batch", delivery_limit=INFERENCE.delivery_limit)
+QUEUES: tuple[QueueSpec, ...] = (INFERENCE, DEPLOYMENT, WEBHOOKS, REQUESTS, BATCH, INFERENCE_BATCH)
+# Queues whose messages are schemas.messages.InferenceJob, for whoever inspects their dead letters.
+INFERENCE_QUEUES: tuple[QueueSpec, ...] = (INFERENCE, INFERENCE_BATCH)
 # Why a message was dead-lettered, on the dead letter itself (Delivery.dead_letter).
 DEAD_REASON_HEADER = "x-percept-dead-reason"
 # On a dead letter once a sweep has handled it (Broker.sweep_dead_letters), so later sweeps skip it.

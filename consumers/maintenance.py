@@ -16,7 +16,7 @@ from datetime import timedelta
 import structlog
 
 from broker.port import Broker, BrokerUnavailable, DeadLetter
-from broker.topology import DEPLOYMENT, INFERENCE
+from broker.topology import DEPLOYMENT, INFERENCE_QUEUES
 from consumers.inputs import ParentRef
 from consumers.results import ResultWriter
 from consumers.runner import wait_for_store
@@ -119,16 +119,17 @@ class Maintenance:
 
         async def handle(letters: list[DeadLetter]) -> None:
             nonlocal failed
-            failed = await self._fail_tasks_of(letters)
+            failed += await self._fail_tasks_of(letters)
 
-        try:
-            looked_at = await self._broker.sweep_dead_letters(INFERENCE.name, handle, limit=DEAD_LETTER_SWEEP)
-        except BrokerUnavailable as error:
-            # Nothing was marked: the next round sees the same letters (a task already ended is skipped).
-            log.warning("dead_letter_sweep_failed", error=str(error))
-            return failed
-        if looked_at:
-            log.info("dead_letters_swept", looked_at=looked_at, failed=failed)
+        for queue in INFERENCE_QUEUES:  # interactive jobs, and those of batch jobs
+            try:
+                looked_at = await self._broker.sweep_dead_letters(queue.name, handle, limit=DEAD_LETTER_SWEEP)
+            except BrokerUnavailable as error:
+                # Nothing was marked: the next round sees the same letters (a task already ended is skipped).
+                log.warning("dead_letter_sweep_failed", queue=queue.name, error=str(error))
+                continue
+            if looked_at:
+                log.info("dead_letters_swept", queue=queue.name, looked_at=looked_at)
         return failed
 
     async def _fail_tasks_of(self, letters: list[DeadLetter]) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from broker.port import Broker, Delivery, Handler, Subscription
-from broker.topology import BATCH, DEPLOYMENT, INFERENCE, REQUESTS, WEBHOOKS
+from broker.topology import BATCH, DEPLOYMENT, INFERENCE, INFERENCE_BATCH, REQUESTS, WEBHOOKS
 from consumers.batch import BatchWorker
 from consumers.config import ConsumerConfig
 from consumers.deployment import DeploymentWorker
@@ -107,6 +107,13 @@ class ConsumerService:
         self._subscriptions = [
             await self._broker.consume(
                 INFERENCE.name, self._dispatch(self.inference.handle), prefetch=self._config.prefetch
+            ),
+            # Batch jobs' sources, same handler: one model batch of them at a time, so an interactive job
+            # waits for at most the run in progress (broker.topology.INFERENCE_BATCH).
+            await self._broker.consume(
+                INFERENCE_BATCH.name,
+                self._dispatch(self.inference.handle),
+                prefetch=self._config.max_batch_size,
             ),
             await self._broker.consume(DEPLOYMENT.name, self._dispatch(self._deployment.handle), prefetch=1),
             await self._broker.consume(

@@ -15,7 +15,7 @@ from gateway.openapi_responses import SCHEMAS as RESPONSE_SCHEMAS
 from gateway.openapi_responses import success_content
 from gateway.pagination import MAX_LIMIT, MAX_OFFSET
 from gateway.routes.tasks import MAX_TASK_IDS, MAX_WAIT_S
-from schemas.annolab import BatchInferenceRequest, ProjectCreate, SourceUrl
+from schemas.annolab import BatchInferenceRequest, ProjectCreate, RegionsSet, SourceUrl, TagCreate
 from schemas.clarifai import PostModelOutputsRequest
 from schemas.inference import InferenceRequest, InferenceResult, NetworkInferenceRequest, TensorsResult
 from schemas.keys import KeyCreate
@@ -159,6 +159,18 @@ OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | 
         None,
     ),
     ("get", "/v1/projects/{project}/layers/{layer}/predictions", "A layer's predictions", None, None),
+    ("post", "/v1/projects/{project}/tags", "Create a tag; names are unique per project", TagCreate, None),
+    ("get", "/v1/projects/{project}/tags", "List a project's tags", None, None),
+    ("delete", "/v1/projects/{project}/tags/{tag}", "Delete a tag and its regions", None, None),
+    (
+        "put",
+        "/v1/projects/{project}/sources/{source}/regions",
+        "Replace a source's regions: each a tag of the project on a normalized box (left, top, width,"
+        " height: 0 <= left < left + width <= 1, 0 <= top < top + height <= 1)",
+        RegionsSet,
+        None,
+    ),
+    ("get", "/v1/projects/{project}/sources/{source}/regions", "A source's regions", None, None),
     (
         "post",
         "/v1/infer/batch",
@@ -211,6 +223,8 @@ _PAGED = {
     "/v1/projects/{project}/sources",
     "/v1/projects/{project}/sources/{source}/predictions",
     "/v1/projects/{project}/layers/{layer}/predictions",
+    "/v1/projects/{project}/tags",
+    "/v1/projects/{project}/sources/{source}/regions",
 }
 # Other query parameters, by path (GET only).
 _QUERY: dict[str, list[dict[str, Any]]] = {
@@ -251,6 +265,7 @@ _CREATES = {
     ("post", f"{_V}/accounts/me/keys/"),
     ("post", "/v1/projects"),
     ("post", "/v1/projects/{project}/sources"),
+    ("post", "/v1/projects/{project}/tags"),
 }
 
 

@@ -120,6 +120,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         contentType=_nullable(_STRING),
         createdAt=_DATE,
     ),
+    "Tag": _record(id=_INT, projectId=_INT, name=_STRING, description=_STRING, createdAt=_DATE),
+    "Region": _record(
+        id=_INT,
+        sourceId=_INT,
+        tagId=_INT,
+        left={"type": "number"},
+        top={"type": "number"},
+        width={"type": "number"},
+        height={"type": "number"},
+        createdAt=_DATE,
+    ),
     "SourcePrediction": _record(
         sourceId=_INT,
         layerId=_INT,
@@ -161,6 +172,9 @@ SCHEMAS["BatchJobProgress"] = {
 for _item in ("Network", "Spec", "Version", "Task", "WebhookEndpoint", "WebhookAttempt", "Project", "Source"):
     SCHEMAS[f"{_item}Page"] = _page(_item)
 SCHEMAS["SourcePredictionPage"] = _page("SourcePrediction")
+SCHEMAS["TagPage"] = _page("Tag")
+SCHEMAS["RegionPage"] = _page("Region")
+SCHEMAS["SourceRegions"] = _record(sourceId=_INT, regions={"type": "array", "items": _ref("Region")})
 
 _INFERENCE = "TaskId"
 # (method, path) -> the schema of the success body; operations not listed answer 204 or an undocumented body.
@@ -199,6 +213,10 @@ RESPONSES: dict[tuple[str, str], str] = {
     ("get", "/v1/projects/{project}/sources"): "SourcePage",
     ("get", "/v1/projects/{project}/sources/{source}/predictions"): "SourcePredictionPage",
     ("get", "/v1/projects/{project}/layers/{layer}/predictions"): "SourcePredictionPage",
+    ("post", "/v1/projects/{project}/tags"): "Tag",
+    ("get", "/v1/projects/{project}/tags"): "TagPage",
+    ("put", "/v1/projects/{project}/sources/{source}/regions"): "SourceRegions",
+    ("get", "/v1/projects/{project}/sources/{source}/regions"): "RegionPage",
     ("post", "/v1/infer/batch"): "BatchJob",
     ("get", "/v1/infer/batch/{job_id}"): "BatchJobProgress",
 }

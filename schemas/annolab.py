@@ -7,9 +7,9 @@ never puts more than `CHUNK_SIZE * CHUNKS_AHEAD` jobs ahead of interactive reque
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas.common import Integer
 
@@ -53,6 +53,77 @@ class SourceUrl(BaseModel):
 
     url: str = Field(pattern=r"^https?://", max_length=2000)
     name: str = Field(default="", max_length=200)
+
+
+MAX_REGIONS = 500  # per source: a source's regions are replaced in one write
+_EDGE = 1e-9  # float slack on "inside the image": 0.1 + 0.9 must count as 1
+
+
+def _number(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+# A coordinate as a fraction of the image's width or height.
+Fraction = Annotated[float, BeforeValidator(_number), Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class TagCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=1000)
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class RegionIn(BaseModel):
+    """A tagged box, normalized (Custom Vision's shape): left < left + width <= 1, top < top + height <= 1."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tagId: Integer | str
+    left: Fraction
+    top: Fraction
+    width: Fraction
+    height: Fraction
+
+    @field_validator("tagId")
+    @classmethod
+    def _tag_id(cls, value: int | str) -> int | str:
+        _digits(value, "tagId")
+        return value
+
+    def tag_id(self) -> str:
+        return _digits(self.tagId, "tagId")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _inside(cls, value: float, info: ValidationInfo) -> float:
+        start = "left" if info.field_name == "width" else "top"
+        end = "right" if info.field_name == "width" else "bottom"
+        if value <= 0:
+            raise ValueError(f"must be above 0: the box's {start} must be before its {end}")
+        origin = info.data.get(start)  # absent when itself invalid, which names it already
+        if origin is not None and origin + value > 1 + _EDGE:
+            raise ValueError(
+                f"{start} + {info.field_name} is {origin + value:g}: the box leaves the image (at most 1)"
+            )
+        return value
+
+
+class RegionsSet(BaseModel):
+    """A source's regions, replacing those it had; an empty list removes them all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    regions: list[RegionIn] = Field(max_length=MAX_REGIONS)
 
 
 class BatchInferenceRequest(BaseModel):

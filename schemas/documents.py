@@ -194,7 +194,8 @@ class IdempotencyDoc(Document):
 
 
 class ProjectDoc(Document):
-    """A dataset: sources (images), and later tags and regions (Custom Vision training projects reuse it).
+    """A dataset: sources (images), tags, and regions (a tag on a box of a source), which Custom Vision
+    training projects reuse.
 
     `name` is unique per owner, so a project is named by its id or its name (Annolab's projectIdentifier).
     """
@@ -219,6 +220,31 @@ class LayerDoc(Document):
 
     project_id: str
     name: str
+    create_date: datetime = Field(default_factory=utc_now)
+
+
+class TagDoc(Document):
+    """A tag of a project (Custom Vision's tags); `name` is unique within the project."""
+
+    project_id: str
+    name: str
+    description: str = ""
+    create_date: datetime = Field(default_factory=utc_now)
+
+
+class RegionDoc(Document):
+    """A tagged box on a source, normalized to the image: 0 <= left < left + width <= 1, same vertically.
+
+    Custom Vision's region shape (left, top, width, height), so its training projects reuse it unchanged.
+    """
+
+    project_id: str
+    source_id: str
+    tag_id: str
+    left: float
+    top: float
+    width: float
+    height: float
     create_date: datetime = Field(default_factory=utc_now)
 
 
@@ -261,6 +287,20 @@ class BatchLinkDoc(Document):
     tenant: str
     job_id: str
     source_id: str
+
+
+class BatchChunkDoc(Document):
+    """A chunk of a batch job all of whose sources have their prediction; `id` is `<job_id>.chunk<n>`.
+
+    Written once (its content follows from the stored predictions, so whichever process writes it first
+    writes the same): a job's progress sums these and reads the predictions of its unfinished chunks only,
+    instead of counting every prediction of the job after every batch of outcomes.
+    """
+
+    job_id: str
+    chunk: int
+    done: int
+    failed: int
 
 
 class PredictionDoc(Document):

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from schemas.documents import (
     ApiKeyDoc,
+    BatchChunkDoc,
     BatchJobDoc,
     BatchLinkDoc,
     Document,
@@ -23,8 +24,10 @@ from schemas.documents import (
     OutboxDoc,
     PredictionDoc,
     ProjectDoc,
+    RegionDoc,
     SourceDoc,
     SpecDoc,
+    TagDoc,
     TaskDoc,
     TaskHookDoc,
     TaskOutcome,
@@ -56,8 +59,11 @@ IDEMPOTENCY = Collection("idempotency", IdempotencyDoc)
 PROJECTS = Collection("projects", ProjectDoc)
 SOURCES = Collection("sources", SourceDoc)
 LAYERS = Collection("layers", LayerDoc)
+TAGS = Collection("tags", TagDoc)
+REGIONS = Collection("regions", RegionDoc)
 BATCH_JOBS = Collection("batch_jobs", BatchJobDoc)
 BATCH_LINKS = Collection("batch_links", BatchLinkDoc)
+BATCH_CHUNKS = Collection("batch_chunks", BatchChunkDoc)
 PREDICTIONS = Collection("predictions", PredictionDoc)
 OUTBOX = Collection("outbox", OutboxDoc)
 ALL_COLLECTIONS: tuple[Collection[Any], ...] = (
@@ -74,8 +80,11 @@ ALL_COLLECTIONS: tuple[Collection[Any], ...] = (
     PROJECTS,
     SOURCES,
     LAYERS,
+    TAGS,
+    REGIONS,
     BATCH_JOBS,
     BATCH_LINKS,
+    BATCH_CHUNKS,
     PREDICTIONS,
     OUTBOX,
 )

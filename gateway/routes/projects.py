@@ -1,4 +1,5 @@
-"""Annolab projects (datasets): create and list projects, upload and list sources, read predictions."""
+"""Annolab projects (datasets): create and list projects, upload and list sources, read predictions; tags
+and regions (a tag on a normalized box of a source), the annotations Custom Vision training will read."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from gateway.context import CONFIG, STORE, owner_of
 from gateway.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from gateway.images import SUPPORTED, sniff_format
 from gateway.pagination import page_body, page_params
-from gateway.routes.common import add, ok, parse, path_id
-from schemas.annolab import ProjectCreate, SourceUrl
+from gateway.routes.common import add, no_content, ok, parse, path_id
+from schemas.annolab import ProjectCreate, RegionsSet, SourceUrl, TagCreate
 from schemas.common import iso
-from schemas.documents import LayerDoc, PredictionDoc, ProjectDoc, SourceDoc
-from store.port import LAYERS, PREDICTIONS, PROJECTS, SOURCES, source_file_key
+from schemas.documents import LayerDoc, PredictionDoc, ProjectDoc, RegionDoc, SourceDoc, TagDoc
+from store.port import LAYERS, PREDICTIONS, PROJECTS, REGIONS, SOURCES, TAGS, source_file_key
 
 
 async def find_project(request: web.Request, identifier: str, *, field: str) -> ProjectDoc:
@@ -149,16 +150,131 @@ async def list_layer_predictions(request: web.Request) -> web.Response:
 async def list_source_predictions(request: web.Request) -> web.Response:
     """A source's prediction in every layer of its project."""
     project = await find_project(request, path_id(request, "project"), field="project")
-    source_id = path_id(request, "source")
+    source = await find_source(request, project)
     store = request.app[STORE]
-    source = await store.get(SOURCES, source_id, owners=[project.owner])
-    if source is None or source.project_id != project.id:
-        raise NotFound(f"source {source_id} does not exist in project {project.name!r}", field="source")
     offset, limit = page_params(request)
     page = await store.find(
         PREDICTIONS, owners=[project.owner], where={"source_id": source.id}, offset=offset, limit=limit
     )
     results = [render_prediction(doc) for doc in page.items]
+    return ok(page_body(request, count=page.count, offset=offset, limit=limit, results=results))
+
+
+async def find_source(request: web.Request, project: ProjectDoc) -> SourceDoc:
+    source_id = path_id(request, "source")
+    source = await request.app[STORE].get(SOURCES, source_id, owners=[project.owner])
+    if source is None or source.project_id != project.id:
+        raise NotFound(f"source {source_id} does not exist in project {project.name!r}", field="source")
+    return source
+
+
+def render_tag(doc: TagDoc) -> dict[str, Any]:
+    return {
+        "id": int(doc.id),
+        "projectId": int(doc.project_id),
+        "name": doc.name,
+        "description": doc.description,
+        "createdAt": iso(doc.create_date),
+    }
+
+
+def render_region(doc: RegionDoc) -> dict[str, Any]:
+    return {
+        "id": int(doc.id),
+        "sourceId": int(doc.source_id),
+        "tagId": int(doc.tag_id),
+        "left": doc.left,
+        "top": doc.top,
+        "width": doc.width,
+        "height": doc.height,
+        "createdAt": iso(doc.create_date),
+    }
+
+
+async def create_tag(request: web.Request) -> web.Response:
+    project = await find_project(request, path_id(request, "project"), field="project")
+    created = parse(TagCreate, (await read_body(request)).fields)
+    store = request.app[STORE]
+    where = {"project_id": project.id, "name": created.name}
+    if (await store.find(TAGS, owners=[project.owner], where=where, limit=0)).count:
+        raise Conflict(f"project {project.name!r} already has a tag named {created.name!r}", field="name")
+    doc = TagDoc(
+        id=await store.next_id("tags"),
+        owner=project.owner,
+        project_id=project.id,
+        name=created.name,
+        description=created.description,
+    )
+    await store.insert(TAGS, doc)
+    return ok(render_tag(doc), status=201)
+
+
+async def list_tags(request: web.Request) -> web.Response:
+    project = await find_project(request, path_id(request, "project"), field="project")
+    offset, limit = page_params(request)
+    page = await request.app[STORE].find(
+        TAGS, owners=[project.owner], where={"project_id": project.id}, offset=offset, limit=limit
+    )
+    results = [render_tag(doc) for doc in page.items]
+    return ok(page_body(request, count=page.count, offset=offset, limit=limit, results=results))
+
+
+async def delete_tag(request: web.Request) -> web.Response:
+    """The tag and its regions on every source, as Custom Vision's delete_tag does."""
+    project = await find_project(request, path_id(request, "project"), field="project")
+    tag_id = path_id(request, "tag")
+    store = request.app[STORE]
+    tag = await store.get(TAGS, tag_id, owners=[project.owner])
+    if tag is None or tag.project_id != project.id:
+        raise NotFound(f"tag {tag_id} does not exist in project {project.name!r}", field="tag")
+    # Regions first: a failure in between leaves a tag with fewer regions, never regions without a tag.
+    await store.delete_where(REGIONS, owner=project.owner, where={"tag_id": tag.id})
+    await store.delete(TAGS, tag.id, owner=project.owner)
+    return no_content()
+
+
+async def set_regions(request: web.Request) -> web.Response:
+    """Replace a source's regions; every tag must be one of the project's."""
+    project = await find_project(request, path_id(request, "project"), field="project")
+    source = await find_source(request, project)
+    given = parse(RegionsSet, (await read_body(request)).fields)
+    store = request.app[STORE]
+    tag_ids = list(dict.fromkeys(region.tag_id() for region in given.regions))
+    tags = await store.get_many(TAGS, tag_ids, owners=[project.owner])
+    known = {tag.id for tag in tags if tag.project_id == project.id}
+    for index, region in enumerate(given.regions):
+        if region.tag_id() not in known:
+            raise InvalidInput(
+                f"tag {region.tag_id()} does not exist in project {project.name!r}",
+                field=f"regions[{index}].tagId",
+            )
+    docs = [
+        RegionDoc(
+            id=await store.next_id("regions"),
+            owner=project.owner,
+            project_id=project.id,
+            source_id=source.id,
+            tag_id=region.tag_id(),
+            left=region.left,
+            top=region.top,
+            width=region.width,
+            height=region.height,
+        )
+        for region in given.regions
+    ]
+    await store.delete_where(REGIONS, owner=project.owner, where={"source_id": source.id})
+    await store.insert_many(REGIONS, docs)
+    return ok({"sourceId": int(source.id), "regions": [render_region(doc) for doc in docs]})
+
+
+async def list_regions(request: web.Request) -> web.Response:
+    project = await find_project(request, path_id(request, "project"), field="project")
+    source = await find_source(request, project)
+    offset, limit = page_params(request)
+    page = await request.app[STORE].find(
+        REGIONS, owners=[project.owner], where={"source_id": source.id}, offset=offset, limit=limit
+    )
+    results = [render_region(doc) for doc in page.items]
     return ok(page_body(request, count=page.count, offset=offset, limit=limit, results=results))
 
 
@@ -169,3 +285,8 @@ def setup(app: web.Application) -> None:
     add(app, "GET", "/v1/projects/{project}/sources", list_sources)
     add(app, "GET", "/v1/projects/{project}/sources/{source}/predictions", list_source_predictions)
     add(app, "GET", "/v1/projects/{project}/layers/{layer}/predictions", list_layer_predictions)
+    add(app, "POST", "/v1/projects/{project}/tags", create_tag)
+    add(app, "GET", "/v1/projects/{project}/tags", list_tags)
+    add(app, "DELETE", "/v1/projects/{project}/tags/{tag}", delete_tag)
+    add(app, "PUT", "/v1/projects/{project}/sources/{source}/regions", set_regions)
+    add(app, "GET", "/v1/projects/{project}/sources/{source}/regions", list_regions)

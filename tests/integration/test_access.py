@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from broker.amqp import AmqpBroker
 from broker.memory import MemoryBroker
 from broker.port import Broker, QueueFull
-from broker.topology import INFERENCE
+from broker.topology import INFERENCE, INFERENCE_BATCH
 from gateway.app import create_app
 from gateway.auth import ensure_api_key
 from gateway.context import GatewayConfig
@@ -273,7 +273,7 @@ async def _ack_all(delivery: Any) -> None:
 async def test_a_batch_job_waits_out_a_full_inference_queue(
     stack: Stack, tiny_models: dict[str, Path]
 ) -> None:
-    """The batch consumer meets a full queue as backpressure: every source is predicted, none fails."""
+    """The batch consumer meets its full queue as backpressure: every source is predicted, none fails."""
     spec, _ = await _classifier_version(stack, tiny_models)
     headers = stack.headers()
     project = await _json(await stack.client.post("/v1/projects", json={"name": "p"}, headers=headers), 201)
@@ -289,7 +289,7 @@ async def test_a_batch_job_waits_out_a_full_inference_queue(
     publish, refused = stack.broker.publish, Counter[str]()
 
     async def counting(queue: str, body: bytes, **kwargs: Any) -> None:
-        if queue == INFERENCE.name and refused[kwargs["message_id"]] < 2:
+        if queue == INFERENCE_BATCH.name and refused[kwargs["message_id"]] < 2:
             refused[kwargs["message_id"]] += 1
             raise QueueFull("full, as a test")
         await publish(queue, body, **kwargs)

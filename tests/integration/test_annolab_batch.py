@@ -13,7 +13,7 @@ import pytest
 from aiohttp import FormData, web
 from aiohttp.test_utils import TestServer
 
-from broker.topology import BATCH, INFERENCE
+from broker.topology import BATCH, INFERENCE_BATCH
 from gateway.auth import ensure_api_key
 from schemas.annolab import CHUNK_SIZE, CHUNKS_AHEAD, BatchChunk
 from schemas.messages import InferenceJob
@@ -190,7 +190,7 @@ async def test_a_large_job_is_dispatched_in_chunks(
         if queue == BATCH.name:
             chunk = BatchChunk.model_validate_json(body).chunk
             assert await completed() >= (chunk - CHUNKS_AHEAD + 1) * CHUNK_SIZE
-        elif queue == INFERENCE.name and InferenceJob.model_validate_json(body).task_id.startswith(
+        elif queue == INFERENCE_BATCH.name and InferenceJob.model_validate_json(body).task_id.startswith(
             f"{job_ids[0]}."
         ):
             dispatched += 1
