@@ -21,7 +21,7 @@ import signal
 from multiprocessing.context import ForkServerContext
 
 # The modules the fork server imports before forking anyone: TensorFlow and the code the children run.
-_PRELOAD = ["consumers.engine_child"]
+_PRELOAD = ["consumers.engine_child", "consumers.sandbox"]
 _PR_SET_PDEATHSIG = 1
 
 

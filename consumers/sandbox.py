@@ -2,9 +2,9 @@
 the consumer.
 
 Deployment first runs the whole load here: scan, load, check the signature against the pre-processing, one
-warm-up inference. The child is a fresh `python -m consumers.sandbox` (never a fork: forking a process that
-has imported TensorFlow is not safe) that limits its own memory before TensorFlow is imported, and the parent
-kills it when the time limit expires. Only a model that passes is loaded by the consumer itself.
+warm-up inference. The child is forked from the fork server (consumers.forkserver: TensorFlow imported,
+never run, none of the consumer's memory); it limits its own memory before touching the model, and the
+parent kills it when the time limit expires. Only a model that passes is loaded by the consumer itself.
 
 The memory limit is RLIMIT_DATA, not RLIMIT_AS: TensorFlow maps over a gigabyte of address space it never
 writes (library code, malloc arena reservations, thread stacks that grow with the core count), so an address
@@ -14,7 +14,8 @@ for MobileNetV2, with TensorFlow itself included).
 
 Far beyond the limit, a model fails at once with TensorFlow's out-of-memory error. Just at the limit, a
 process may instead stall in allocation retries; the time limit then ends it, and the reason names time.
-TensorFlow alone needs about 450 MB, hence the 512 MB floor of the setting.
+TensorFlow alone needs about 450 MB, hence the 512 MB floor of the setting (the forked child counts the
+fork server's TensorFlow as its own, as a fresh process would).
 
 What a trial proves is that the model loads and runs once on zeros within the limits; a graph whose cost
 depends on the pixel values can still misbehave on a later request (the scan refuses what it can name).
@@ -25,15 +26,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
+import tempfile
 from dataclasses import dataclass
 from enum import Enum
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
 import structlog
 from pydantic import BaseModel
 
+from consumers.forkserver import context, die_with_parent, drop_settings_from_environment
 from schemas.networks import NetworkPostprocessing, Preprocessing
 from schemas.signature import Signature
 
@@ -93,45 +97,49 @@ class Sandbox:
     async def trial(
         self, folder: Path, preprocessing: Preprocessing, postprocessings: list[NetworkPostprocessing]
     ) -> TrialResult:
+        # Absolute: the child's working directory is the fork server's, and `percept serve` keeps its data in
+        # the relative `data/`.
+        absolute = await asyncio.to_thread(folder.resolve)
         request = TrialRequest(
-            folder=str(folder), preprocessing=preprocessing, postprocessings=postprocessings
+            folder=str(absolute), preprocessing=preprocessing, postprocessings=postprocessings
         )
         loop = asyncio.get_running_loop()
         started = loop.time()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "consumers.sandbox",
-            str(self._limits.memory_mb),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            # The parent's working directory: `folder` may be relative to it (`percept serve` keeps its
-            # data in `data/`).
-            env=_child_env(),
-        )
-        try:
-            async with asyncio.timeout(self._limits.timeout_s):
-                stdout, stderr = await _exchange(process, request.model_dump_json().encode())
-        except TimeoutError:
-            result = TrialResult(
-                ok=False,
-                failure=TrialFailure.TIME,
-                error=f"loading the model and one warm-up run did not finish within the time limit of "
-                f"{self._limits.timeout_s:g} s (PERCEPT_SANDBOX_TIMEOUT_S)",
+        forkserver = context()
+        ours, theirs = forkserver.Pipe(duplex=False)
+        with tempfile.NamedTemporaryFile(prefix="percept-trial-", suffix=".log") as output:
+            process = forkserver.Process(
+                target=_child,
+                args=(theirs, self._limits.memory_mb, request, output.name),
+                name="percept-trial",
+                daemon=True,
             )
-        else:
-            result = self._interpret(process.returncode, stdout, stderr)
-        finally:
-            if process.returncode is None:  # timed out, or the deployment was cancelled
-                process.kill()
-                await process.wait()
+            # The first child of a process also starts the fork server (TensorFlow's import): not on the loop.
+            await asyncio.to_thread(process.start)
+            theirs.close()
+            try:
+                async with asyncio.timeout(self._limits.timeout_s):
+                    payload = await asyncio.to_thread(_receive, ours, process)
+            except TimeoutError:
+                result = TrialResult(
+                    ok=False,
+                    failure=TrialFailure.TIME,
+                    error=f"loading the model and one warm-up run did not finish within the time limit of "
+                    f"{self._limits.timeout_s:g} s (PERCEPT_SANDBOX_TIMEOUT_S)",
+                )
+            else:
+                result = self._interpret(process.exitcode, payload, _tail(Path(output.name)))
+            finally:
+                if process.exitcode is None:  # timed out, or the deployment was cancelled
+                    process.kill()
+                    await asyncio.to_thread(process.join)
+                ours.close()
         log.info(
             "sandbox_trial",
             ok=result.ok,
             failure=result.failure,
             ms=round((loop.time() - started) * 1000, 1),
-            exit=process.returncode,
+            exit=process.exitcode,
         )
         return result
 
@@ -166,39 +174,21 @@ class Sandbox:
         )
 
 
-async def _exchange(process: asyncio.subprocess.Process, request: bytes) -> tuple[bytes, bytes]:
-    """Send the request; read the result (bounded) and the end of stderr until the child exits."""
-    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+def _receive(connection: Connection, process: BaseProcess) -> bytes:
+    """The child's result (bounded), or nothing if it died first; returns once the child has exited."""
     try:
-        process.stdin.write(request)
-        await process.stdin.drain()
-        process.stdin.close()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the child died before reading: its exit status and stderr say why
-
-    async def bounded(stream: asyncio.StreamReader, limit: int, *, keep_tail: bool) -> bytes:
-        kept = b""
-        while chunk := await stream.read(65536):
-            kept = (kept + chunk)[-limit:] if keep_tail else (kept + chunk)[:limit]
-        return kept
-
-    stdout, stderr = await asyncio.gather(
-        bounded(process.stdout, _RESULT_MAX_BYTES, keep_tail=False),
-        bounded(process.stderr, _STDERR_TAIL_BYTES, keep_tail=True),
-    )
-    await process.wait()
-    return stdout, stderr
+        payload = connection.recv_bytes(_RESULT_MAX_BYTES)
+    except (EOFError, OSError):
+        payload = b""
+    process.join()
+    return payload
 
 
-def _child_env() -> dict[str, str]:
-    """The consumer's environment without its own settings (store and broker URLs carry credentials), with
-    the code importable wherever the child starts, and no GPU: a trial must not take the consumer's."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PERCEPT_")}
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    env["CUDA_VISIBLE_DEVICES"] = "-1"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the stderr tail for errors, not start-up notices
-    return env
+def _tail(output: Path) -> bytes:
+    """The end of what the child printed: a model may print in a loop."""
+    with output.open("rb") as file:
+        file.seek(max(0, output.stat().st_size - _STDERR_TAIL_BYTES))
+        return file.read()
 
 
 def _last_line(text: str, markers: tuple[str, ...]) -> str:
@@ -271,17 +261,14 @@ def _trial(request: TrialRequest) -> TrialResult:
     return TrialResult(ok=True, signature=model.signature)
 
 
-def main(argv: list[str]) -> int:
-    _limit_memory(int(argv[0]))
-    # Everything TensorFlow or the model prints goes to stderr; the result has a descriptor of its own.
-    result_fd = os.dup(1)
-    os.dup2(2, 1)
-    request = TrialRequest.model_validate_json(sys.stdin.buffer.read())
-    payload = _trial(request).model_dump_json().encode()
-    with os.fdopen(result_fd, "wb") as result:
-        result.write(payload)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def _child(connection: Connection, memory_mb: int, request: TrialRequest, output: str) -> None:
+    """The trial, in a child forked from the fork server (consumers.forkserver)."""
+    die_with_parent()
+    drop_settings_from_environment()
+    os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # a trial must not take the consumer's GPU
+    # Everything TensorFlow or the model prints goes to a file, whose end may explain a death.
+    printed = os.open(output, os.O_WRONLY | os.O_TRUNC)
+    os.dup2(printed, 1)
+    os.dup2(printed, 2)
+    _limit_memory(memory_mb)
+    connection.send_bytes(_trial(request).model_dump_json().encode())
