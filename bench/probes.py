@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,34 @@ def cpu_seconds(pid: int) -> float:
     fields = stat.rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / _TICKS_PER_S
+
+
+def family(root: int) -> list[int]:
+    """`root` and every process descended from it. By parent links, not process groups: BentoML's process
+    manager puts its workers in sessions of their own; Percept's consumers fork their engine processes."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # ended while we looked
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # field 4: ppid
+    found, frontier = [root], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def family_cpu_seconds(root: int) -> float:
+    """CPU seconds so far of `root` and its live descendants."""
+    total = 0.0
+    for pid in family(root):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += cpu_seconds(pid)
+    return total
 
 
 def machine_ticks() -> tuple[int, int, int]:
@@ -65,7 +94,8 @@ class Snapshot:
 
 
 async def snapshot(session: aiohttp.ClientSession, pids: dict[str, int], metrics_urls: list[str]) -> Snapshot:
-    cpu = {role: cpu_seconds(pid) for role, pid in pids.items()}
+    # A consumer's models run in its engine processes (consumers.engines): its whole family counts.
+    cpu = {role: family_cpu_seconds(pid) for role, pid in pids.items()}
     cpu["load_generator"] = own_cpu_seconds()
     machine = machine_ticks()
     totals = dict.fromkeys(CONSUMER_SUMS, 0.0)

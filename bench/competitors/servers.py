@@ -22,7 +22,7 @@ from types import TracebackType
 import requests
 
 from bench.models import BenchModel
-from bench.probes import cpu_seconds
+from bench.probes import family, family_cpu_seconds
 from tests.rabbitmq import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,34 +64,6 @@ def ensure_venvs(names: Sequence[str]) -> dict[str, dict[str, object]]:
 def model_spec(model: BenchModel, cache: Path) -> str:
     """KEY:DIR:SIDE:PIXEL_SCALING, as bench.competitors.work.parse_model reads it."""
     return f"{model.key}:{model.folder(cache).resolve()}:{model.side}:{model.pixel_scaling}"
-
-
-def family(root: int) -> list[int]:
-    """`root` and every process descended from it. By parent links, not process groups: BentoML's process
-    manager puts its workers in sessions of their own."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except (FileNotFoundError, ProcessLookupError):
-                continue  # ended while we looked
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # field 4: ppid
-    found, frontier = [root], [root]
-    while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
-
-
-def family_cpu_seconds(root: int) -> float:
-    """CPU seconds so far of `root` and its live descendants."""
-    total = 0.0
-    for pid in family(root):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            total += cpu_seconds(pid)
-    return total
 
 
 @dataclass
