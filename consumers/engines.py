@@ -205,6 +205,7 @@ class Engines:
         self._max_run_s = max_run_s or None
         self._per_image_s: dict[str, float] = {}  # the slowest batch so far, per image, per network
         self._quarantine_idle: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.main.start()
@@ -253,7 +254,9 @@ class Engines:
         self._per_image_s.pop(network_id, None)
         for slot in (self.main, self.quarantine):
             if slot.running:
-                asyncio.get_running_loop().create_task(_drop(slot, network_id))
+                dropping = asyncio.get_running_loop().create_task(_drop(slot, network_id))
+                self._background.add(dropping)  # the loop keeps only weak references to tasks
+                dropping.add_done_callback(self._background.discard)
 
     def _suspect_after(self, network_id: str, size: int) -> float | None:
         if self._max_run_s is None:
@@ -268,9 +271,12 @@ class Engines:
         if self._quarantine_idle is not None:
             self._quarantine_idle.cancel()
         loop = asyncio.get_running_loop()
-        self._quarantine_idle = loop.call_later(
-            _QUARANTINE_IDLE_S, lambda: loop.create_task(self.quarantine.stop_process())
-        )
+        self._quarantine_idle = loop.call_later(_QUARANTINE_IDLE_S, self._stop_quarantine)
+
+    def _stop_quarantine(self) -> None:
+        stopping = asyncio.get_running_loop().create_task(self.quarantine.stop_process())
+        self._background.add(stopping)
+        stopping.add_done_callback(self._background.discard)
 
 
 async def _drop(slot: EngineSlot, network_id: str) -> None:

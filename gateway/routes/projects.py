@@ -3,7 +3,8 @@ and regions (a tag on a normalized box of a source), the annotations Custom Visi
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -15,8 +16,10 @@ from gateway.pagination import page_body, page_params
 from gateway.routes.common import add, no_content, ok, parse, path_id
 from schemas.annolab import ProjectCreate, RegionsSet, SourceUrl, TagCreate
 from schemas.common import iso
-from schemas.documents import LayerDoc, PredictionDoc, ProjectDoc, RegionDoc, SourceDoc, TagDoc
-from store.port import LAYERS, PREDICTIONS, PROJECTS, REGIONS, SOURCES, TAGS, source_file_key
+from schemas.documents import Document, LayerDoc, PredictionDoc, ProjectDoc, RegionDoc, SourceDoc, TagDoc
+from store.port import LAYERS, PREDICTIONS, PROJECTS, REGIONS, SOURCES, TAGS, Collection, source_file_key
+
+D = TypeVar("D", bound=Document)
 
 
 async def find_project(request: web.Request, identifier: str, *, field: str) -> ProjectDoc:
@@ -126,14 +129,21 @@ async def upload_source(request: web.Request) -> web.Response:
     return ok(render_source(doc), status=201)
 
 
-async def list_sources(request: web.Request) -> web.Response:
+async def _project_page(
+    request: web.Request, collection: Collection[D], render: Callable[[D], dict[str, Any]]
+) -> web.Response:
+    """One page of a project's documents of `collection` (its sources, its tags)."""
     project = await find_project(request, path_id(request, "project"), field="project")
     offset, limit = page_params(request)
     page = await request.app[STORE].find(
-        SOURCES, owners=[project.owner], where={"project_id": project.id}, offset=offset, limit=limit
+        collection, owners=[project.owner], where={"project_id": project.id}, offset=offset, limit=limit
     )
-    results = [render_source(doc) for doc in page.items]
+    results = [render(doc) for doc in page.items]
     return ok(page_body(request, count=page.count, offset=offset, limit=limit, results=results))
+
+
+async def list_sources(request: web.Request) -> web.Response:
+    return await _project_page(request, SOURCES, render_source)
 
 
 async def list_layer_predictions(request: web.Request) -> web.Response:
@@ -210,13 +220,7 @@ async def create_tag(request: web.Request) -> web.Response:
 
 
 async def list_tags(request: web.Request) -> web.Response:
-    project = await find_project(request, path_id(request, "project"), field="project")
-    offset, limit = page_params(request)
-    page = await request.app[STORE].find(
-        TAGS, owners=[project.owner], where={"project_id": project.id}, offset=offset, limit=limit
-    )
-    results = [render_tag(doc) for doc in page.items]
-    return ok(page_body(request, count=page.count, offset=offset, limit=limit, results=results))
+    return await _project_page(request, TAGS, render_tag)
 
 
 async def delete_tag(request: web.Request) -> web.Response:
