@@ -98,8 +98,10 @@ class ConsumerService:
         return on_delivery
 
     async def start(self) -> None:
-        await self.engines.start()
         self._loops = [
+            # In the background: the first engine of a process waits for the fork server's TensorFlow import
+            # (seconds), and the first batch waits for the engine anyway.
+            asyncio.create_task(self.engines.start()),
             asyncio.create_task(self.inference.batcher.run()),
             asyncio.create_task(self._results.batcher.run()),
             asyncio.create_task(self.maintenance.run()),
