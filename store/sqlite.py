@@ -44,6 +44,7 @@ from store.port import (
 
 # Writes are short; a writer still waiting after this long means the file is stuck, not busy.
 BUSY_TIMEOUT_MS = 5000
+_WAL_RETRY_MS = 50
 
 # Primary result codes meaning "the database cannot serve now" rather than "this statement is wrong".
 _UNAVAILABLE_CODES = frozenset(
@@ -124,6 +125,22 @@ def _matching(owners: Sequence[str] | None, where: Mapping[str, object]) -> tupl
     return clause, params
 
 
+async def _enter_wal(db: aiosqlite.Connection) -> None:
+    """Switch the file to WAL. Seen when a gateway and its consumers start together on a new file: SQLite
+    answered "database is locked" to this pragma at once, without waiting out the busy timeout (it does so
+    where waiting could deadlock two connections that both hold a shared lock). Retry for as long as the busy
+    timeout would have waited."""
+    attempts = BUSY_TIMEOUT_MS // _WAL_RETRY_MS
+    for attempt in range(attempts):
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(_WAL_RETRY_MS / 1000)
+
+
 class SqliteStore(Store):
     def __init__(self, db: aiosqlite.Connection, files: DiskFiles) -> None:
         self._db = db
@@ -142,7 +159,7 @@ class SqliteStore(Store):
         try:
             async with store._session():
                 await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                await db.execute("PRAGMA journal_mode = WAL")
+                await _enter_wal(db)
                 # WAL + NORMAL: fsync at checkpoints only; a power cut may lose recent commits, not the file.
                 await db.execute("PRAGMA synchronous = NORMAL")
             async with store._transaction() as db:

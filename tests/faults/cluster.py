@@ -83,7 +83,10 @@ class Cluster:
                     return
             except requests.RequestException:
                 pass
-            assert time.monotonic() < deadline and self.gateway.poll() is None, self.logs()
+            if time.monotonic() > deadline or self.gateway.poll() is not None:
+                logs = self.logs()
+                self.stop()  # no process outlives a failed start
+                raise AssertionError(logs)
             time.sleep(0.2)
 
     def kill_consumer(self, index: int, *, replace: bool = True) -> None:
