@@ -14,7 +14,7 @@ from engine.errors import ModelError
 from engine.model import SavedModel
 from engine.postprocess import raw_tensors, recognize_data
 from engine.preprocess import ImageMeta, decode_min_side, group_by_shape, preprocess
-from schemas.messages import InferenceJob
+from schemas.messages import InferenceJob, ModelRef
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,33 @@ class PreparedJob:
     job: InferenceJob
     example: np.ndarray
     meta: ImageMeta
+
+
+@dataclass(frozen=True)
+class RunItem:
+    """What the engine process needs of one prepared job. The job itself stays in the consumer: its model
+    reference, the same for a whole batch but for a version updated mid-batch, crosses the pipe once per
+    distinct value (with 1,000 labels it is tens of kilobytes, and pickling it per image cost more than the
+    rest of the run); `ref` is its index among the batch's references."""
+
+    example: np.ndarray
+    meta: ImageMeta
+    ref: int
+    output_layers: list[str] | None
+    show_discarded: bool
+    max_predictions: int
+
+    @classmethod
+    def of(cls, prepared: PreparedJob, ref: int) -> RunItem:
+        job = prepared.job
+        return cls(
+            ref=ref,
+            example=prepared.example,
+            meta=prepared.meta,
+            output_layers=job.output_layers,
+            show_discarded=job.show_discarded,
+            max_predictions=job.max_predictions,
+        )
 
 
 def prepare(job: InferenceJob, data: bytes, *, mean: np.ndarray | None, max_pixels: int) -> PreparedJob:
@@ -40,8 +67,8 @@ def prepare(job: InferenceJob, data: bytes, *, mean: np.ndarray | None, max_pixe
     return PreparedJob(job=job, example=example, meta=meta)
 
 
-def _input_key(model: SavedModel, job: InferenceJob) -> str:
-    name = job.model.preprocessing.inputs[0].tensor_name
+def _input_key(model: SavedModel, ref: ModelRef) -> str:
+    name = ref.preprocessing.inputs[0].tensor_name
     key = model.signature.resolve_input(name)
     if key is None:
         raise ModelError(f"the network has no input tensor {name!r}")
@@ -56,11 +83,11 @@ def _output_key(model: SavedModel, name: str) -> str:
     return key
 
 
-def _result(model: SavedModel, prepared: PreparedJob, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    job = prepared.job
-    ref = job.model
+def _result(
+    model: SavedModel, ref: ModelRef, item: RunItem, outputs: dict[str, np.ndarray]
+) -> dict[str, Any]:
     if ref.version_id is None:
-        names = job.output_layers or sorted(model.signature.outputs)
+        names = item.output_layers or sorted(model.signature.outputs)
         tensors = {name: outputs[_output_key(model, name)] for name in names}
         return raw_tensors(tensors, names).model_dump(mode="json")
     wanted = {name for post in ref.post_processings for name in post.tensor_names()}
@@ -69,11 +96,11 @@ def _result(model: SavedModel, prepared: PreparedJob, outputs: dict[str, np.ndar
     # costs more than the rest of post-processing (engine.postprocess, checked equal by its tests).
     return recognize_data(
         tensors,
-        prepared.meta,
+        item.meta,
         ref.outputs,
         ref.post_processings,
-        show_discarded=job.show_discarded,
-        max_predictions=job.max_predictions,
+        show_discarded=item.show_discarded,
+        max_predictions=item.max_predictions,
     )
 
 
@@ -84,7 +111,7 @@ class BatchRun:
     postprocess_s: float  # raw outputs to results, summed over the batch
 
 
-def run_batch(model: SavedModel, batch: Sequence[PreparedJob]) -> BatchRun:
+def run_batch(model: SavedModel, refs: Sequence[ModelRef], batch: Sequence[RunItem]) -> BatchRun:
     """Runs in the engine process (consumers.engine_child)."""
     """One forward pass per group of equal input shapes; results (or the model's error) in input order."""
     results: list[dict[str, Any] | ModelError] = [ModelError("not run")] * len(batch)
@@ -92,7 +119,7 @@ def run_batch(model: SavedModel, batch: Sequence[PreparedJob]) -> BatchRun:
     for group in group_by_shape([item.example for item in batch]):
         started = time.perf_counter()
         try:
-            input_key = _input_key(model, batch[group[0]].job)
+            input_key = _input_key(model, refs[batch[group[0]].ref])
             outputs = model.predict({input_key: np.stack([batch[index].example for index in group])})
         except ModelError as error:
             for index in group:
@@ -111,7 +138,7 @@ def run_batch(model: SavedModel, batch: Sequence[PreparedJob]) -> BatchRun:
         for position, index in enumerate(group):
             single = {name: values[position] for name, values in outputs.items()}
             try:
-                results[index] = _result(model, batch[index], single)
+                results[index] = _result(model, refs[batch[index].ref], batch[index], single)
             except ModelError as error:
                 results[index] = error
         postprocess_s += time.perf_counter() - started

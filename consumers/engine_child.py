@@ -15,10 +15,11 @@ from pathlib import Path
 
 import tensorflow  # noqa: F401  (imported here so that the fork server preloads it)
 
-from consumers.compute import BatchRun, PreparedJob, run_batch
+from consumers.compute import BatchRun, RunItem, run_batch
 from consumers.forkserver import die_with_parent, drop_settings_from_environment
 from engine.errors import ModelError
 from engine.model import SavedModel
+from schemas.messages import ModelRef
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class LoadNetwork:
 class RunBatch:
     network_id: str
     folder: str
-    items: list[PreparedJob]
+    model_refs: list[str]  # the distinct ModelRefs of the batch's jobs, as JSON (RunItem.ref indexes them)
+    items: list[RunItem]
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,23 @@ Request = LoadNetwork | RunBatch | DropNetwork
 Reply = Ready | tuple[BatchRun, float] | Failed
 
 
+class _Refs:
+    """Parsed model references by their JSON: a model's reference repeats batch after batch."""
+
+    _KEPT = 64
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, ModelRef] = {}
+
+    def parse(self, text: str) -> ModelRef:
+        ref = self._parsed.get(text)
+        if ref is None:
+            if len(self._parsed) >= self._KEPT:
+                self._parsed.pop(next(iter(self._parsed)))
+            ref = self._parsed[text] = ModelRef.model_validate_json(text)
+        return ref
+
+
 class _Networks:
     def __init__(self) -> None:
         self._loaded: dict[str, SavedModel] = {}
@@ -76,7 +95,7 @@ class _Networks:
         self._loaded.pop(network_id, None)
 
 
-def _handle(networks: _Networks, request: Request) -> Reply:
+def _handle(networks: _Networks, refs: _Refs, request: Request) -> Reply:
     try:
         if isinstance(request, DropNetwork):
             networks.drop(request.network_id)
@@ -84,7 +103,8 @@ def _handle(networks: _Networks, request: Request) -> Reply:
         model, load_s = networks.load(request.network_id, request.folder)
         if isinstance(request, LoadNetwork):
             return Ready(load_s=load_s)
-        return run_batch(model, request.items), load_s
+        parsed = [refs.parse(text) for text in request.model_refs]
+        return run_batch(model, parsed, request.items), load_s
     except ModelError as error:
         return Failed(str(error))
     except Exception as error:  # anything else is this request's failure, not the process's end
@@ -98,9 +118,10 @@ def serve(connection: Connection) -> None:
     # Ctrl-C in `percept serve` reaches the whole process group: the consumer decides when this one ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     networks = _Networks()
+    refs = _Refs()
     while True:
         try:
             request = connection.recv()
         except EOFError:
             return
-        connection.send(_handle(networks, request))
+        connection.send(_handle(networks, refs, request))

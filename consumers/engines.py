@@ -21,18 +21,19 @@ import itertools
 import signal
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext, ForkServerProcess
 
 import structlog
 
 from consumers import metrics
-from consumers.compute import BatchRun, PreparedJob
+from consumers.compute import BatchRun, PreparedJob, RunItem
 from consumers.engine_child import DropNetwork, Failed, LoadNetwork, Ready, Reply, Request, RunBatch, serve
 from consumers.forkserver import context
 from consumers.models import LoadedNetwork
 from engine.errors import ModelError
+from schemas.messages import ModelRef
 
 log = structlog.get_logger("engines")
 
@@ -229,9 +230,16 @@ class Engines:
     ) -> BatchRun:
         """Results in input order; raises EngineLost when the process ended before answering. `full_time`
         gives the run all of PERCEPT_MAX_RUN_S instead of the suspicion deadline."""
-        # The image bytes stay here: only the prepared tensors cross the pipe.
-        items = [replace(item, job=item.job.model_copy(update={"image": None})) for item in batch]
-        request = RunBatch(network.network_id, str(network.folder.resolve()), items)
+        # The job (image bytes included) stays here: the tensors cross the pipe, the model reference once.
+        distinct: list[ModelRef] = []
+        items = []
+        for item in batch:
+            ref = item.job.model
+            if ref not in distinct:  # one, unless a version changed while its jobs were batched
+                distinct.append(ref)
+            items.append(RunItem.of(item, distinct.index(ref)))
+        model_refs = [ref.model_dump_json() for ref in distinct]
+        request = RunBatch(network.network_id, str(network.folder.resolve()), model_refs, items)
         if alone:
             self._keep_quarantine()
             reply = await self.quarantine.call(request, deadline_s=self._max_run_s)
