@@ -9,54 +9,17 @@ from __future__ import annotations
 
 import signal
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import tensorflow  # noqa: F401  (imported here so that the fork server preloads it)
 
-from consumers.compute import BatchRun, RunItem, run_batch
+from consumers.compute import run_batch
+from consumers.engine_protocol import DropNetwork, Failed, LoadNetwork, Ready, Reply, Request
 from consumers.forkserver import die_with_parent, drop_settings_from_environment
 from engine.errors import ModelError
 from engine.model import SavedModel
 from schemas.messages import ModelRef
-
-
-@dataclass(frozen=True)
-class LoadNetwork:
-    network_id: str
-    folder: str  # absolute: the child's working directory is the fork server's
-
-
-@dataclass(frozen=True)
-class RunBatch:
-    network_id: str
-    folder: str
-    model_refs: list[str]  # the distinct ModelRefs of the batch's jobs, as JSON (RunItem.ref indexes them)
-    items: list[RunItem]
-
-
-@dataclass(frozen=True)
-class DropNetwork:
-    network_id: str
-
-
-@dataclass(frozen=True)
-class Ready:
-    """The request is done; `load_s` is what loading the network took (0 when it was loaded already)."""
-
-    load_s: float
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The network could not be loaded (or the request could not be served); a sentence for the user."""
-
-    error: str
-
-
-Request = LoadNetwork | RunBatch | DropNetwork
-Reply = Ready | tuple[BatchRun, float] | Failed
 
 
 class _Refs:

@@ -29,11 +29,10 @@ import structlog
 
 from consumers import metrics
 from consumers.compute import BatchRun, PreparedJob, RunItem
-from consumers.engine_child import DropNetwork, Failed, LoadNetwork, Ready, Reply, Request, RunBatch, serve
+from consumers.engine_protocol import DropNetwork, Failed, LoadNetwork, Ready, Reply, Request, RunBatch
 from consumers.forkserver import context
 from consumers.models import LoadedNetwork
 from engine.errors import ModelError
-from schemas.messages import ModelRef
 
 log = structlog.get_logger("engines")
 
@@ -155,7 +154,7 @@ class EngineSlot:
     def _spawn(self) -> _Process:
         ours, theirs = self._forkserver.Pipe()
         process = self._forkserver.Process(
-            target=serve, args=(theirs,), name=f"percept-engine-{self.name}", daemon=True
+            target=_serve, args=(theirs,), name=f"percept-engine-{self.name}", daemon=True
         )
         process.start()
         theirs.close()
@@ -167,6 +166,14 @@ class EngineSlot:
         current.connection.close()
         metrics.ENGINE_RESTARTS.labels(reason).inc()
         log.warning("engine_lost", engine=self.name, pid=current.process.pid, reason=reason)
+
+
+def _serve(connection: Connection) -> None:
+    """The child's entry point, named here so that the consumer never imports the child's module (and
+    TensorFlow with it); in the child, forked from the fork server, that import is already done."""
+    from consumers.engine_child import serve
+
+    serve(connection)
 
 
 def _exchange(connection: Connection, request: Request) -> Reply:
@@ -231,15 +238,11 @@ class Engines:
         """Results in input order; raises EngineLost when the process ended before answering. `full_time`
         gives the run all of PERCEPT_MAX_RUN_S instead of the suspicion deadline."""
         # The job (image bytes included) stays here: the tensors cross the pipe, the model reference once.
-        distinct: list[ModelRef] = []
-        items = []
-        for item in batch:
-            ref = item.job.model
-            if ref not in distinct:  # one, unless a version changed while its jobs were batched
-                distinct.append(ref)
-            items.append(RunItem.of(item, distinct.index(ref)))
-        model_refs = [ref.model_dump_json() for ref in distinct]
-        request = RunBatch(network.network_id, str(network.folder.resolve()), model_refs, items)
+        refs: dict[str, int] = {}  # one, unless a version changed while its jobs were batched
+        items = [
+            RunItem.of(item, refs.setdefault(item.job.model.model_dump_json(), len(refs))) for item in batch
+        ]
+        request = RunBatch(network.network_id, str(network.folder.resolve()), list(refs), items)
         if alone:
             self._keep_quarantine()
             reply = await self.quarantine.call(request, deadline_s=self._max_run_s)

@@ -1,4 +1,5 @@
-"""Imports point one way (DESIGN.md §4), and the gateway never loads TensorFlow."""
+"""Imports point one way (DESIGN.md §4), and neither the gateway nor a consumer's own process loads
+TensorFlow (models run in engine processes)."""
 
 from __future__ import annotations
 
@@ -40,9 +41,14 @@ def test_packages_import_only_what_the_design_allows(package: str) -> None:
         assert not forbidden, f"{path.relative_to(ROOT)} imports {sorted(forbidden)}"
 
 
-def test_the_gateway_never_imports_tensorflow() -> None:
+@pytest.mark.parametrize(
+    "modules",
+    ["gateway.app, percept.compose, broker.memory, store.sqlite", "consumers.service, percept.cli"],
+    ids=["gateway", "consumer"],
+)
+def test_tensorflow_stays_out_of_the_gateway_and_the_consumer_process(modules: str) -> None:
     code = (
-        "import sys, gateway.app, percept.compose, broker.memory, store.sqlite; "
+        f"import sys, {modules}; "
         "loaded = [m for m in ('tensorflow', 'keras', 'engine.model') if m in sys.modules]; "
         "assert not loaded, loaded"
     )

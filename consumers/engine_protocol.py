@@ -1,0 +1,47 @@
+"""What a consumer and its engine process (consumers.engine_child) say to each other over their pipe.
+
+Kept apart from the child's module, which imports TensorFlow: the consumer itself never does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consumers.compute import BatchRun, RunItem
+
+
+@dataclass(frozen=True)
+class LoadNetwork:
+    network_id: str
+    folder: str  # absolute: the child's working directory is the fork server's
+
+
+@dataclass(frozen=True)
+class RunBatch:
+    network_id: str
+    folder: str
+    model_refs: list[str]  # the distinct ModelRefs of the batch's jobs, as JSON (RunItem.ref indexes them)
+    items: list[RunItem]
+
+
+@dataclass(frozen=True)
+class DropNetwork:
+    network_id: str
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The request is done; `load_s` is what loading the network took (0 when it was loaded already)."""
+
+    load_s: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The network could not be loaded (or the request could not be served); a sentence for the user."""
+
+    error: str
+
+
+Request = LoadNetwork | RunBatch | DropNetwork
+Reply = Ready | tuple[BatchRun, float] | Failed
