@@ -5,16 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.decode import decode_image
 from engine.errors import ModelError
-from engine.model import SavedModel
 from engine.postprocess import raw_tensors, recognize_data
 from engine.preprocess import ImageMeta, decode_min_side, group_by_shape, preprocess
 from schemas.messages import InferenceJob, ModelRef
+
+if TYPE_CHECKING:  # the model runs in the engine process; the consumer only prepares its inputs
+    from engine.model import SavedModel
 
 
 @dataclass(frozen=True)
