@@ -1,4 +1,5 @@
-"""A throwaway RabbitMQ node on loopback, for integration tests (see /work/shared/notes/rabbitmq-here.md).
+"""A throwaway RabbitMQ node on loopback, for integration tests (running RabbitMQ without systemd is in the
+team's notes, rabbitmq-here.md).
 
 Everything lives in a scratch folder and every port is chosen at run time, so parallel runs and a RabbitMQ
 already running on the machine never collide. scripts/rabbitmq.sh does the same for humans and `.ci/run`.
