@@ -225,7 +225,7 @@ class Engines:
 
     async def load(self, network: LoadedNetwork) -> None:
         """Load a network into the main process now (a deployment warms the model it has just checked)."""
-        request = LoadNetwork(network.network_id, str(network.folder.resolve()))
+        request = LoadNetwork(network.network_id, str(network.folder))
         reply = await self.main.call(request, deadline_s=self._max_run_s)
         if isinstance(reply, Failed):
             raise ModelError(reply.error)
@@ -242,7 +242,7 @@ class Engines:
         items = [
             RunItem.of(item, refs.setdefault(item.job.model.model_dump_json(), len(refs))) for item in batch
         ]
-        request = RunBatch(network.network_id, str(network.folder.resolve()), list(refs), items)
+        request = RunBatch(network.network_id, str(network.folder), list(refs), items)
         if alone:
             self._keep_quarantine()
             reply = await self.quarantine.call(request, deadline_s=self._max_run_s)

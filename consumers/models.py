@@ -28,7 +28,8 @@ log = structlog.get_logger("models")
 
 @dataclass(frozen=True)
 class LoadedNetwork:
-    """A network ready for the engine: its folder on local disk, and its mean image for pre-processing."""
+    """A network ready for the engine: its folder on local disk (absolute), and its mean image for
+    pre-processing."""
 
     network_id: str
     folder: Path
@@ -69,7 +70,9 @@ class ModelCache:
         self, store: Store, cache_dir: Path, *, capacity_bytes: int, on_drop: Drop = lambda _id: None
     ) -> None:
         self._store = store
-        self._cache_dir = cache_dir
+        # Absolute once, here: engine processes run in the fork server's working directory, and a batch's
+        # request should not resolve a path on every run.
+        self._cache_dir = cache_dir.absolute()
         self.on_drop = on_drop
         self._capacity_bytes = capacity_bytes
         self._loaded: OrderedDict[str, LoadedNetwork] = OrderedDict()
