@@ -33,6 +33,7 @@ from schemas.documents import (
     TaskOutcome,
     TaskStatus,
 )
+from schemas.job_wire import job_body
 from schemas.messages import InferenceJob, JobImage
 from store.port import BATCH_JOBS, BATCH_LINKS, SOURCES, TASKS, DuplicateId, FileMissing, Store
 
@@ -144,9 +145,7 @@ class BatchWorker:
         message = InferenceJob(task_id=task_id, owner=job.owner, model=job.model, image=image)
         # Their own queue, so that interactive jobs never wait behind them (broker.topology). A full queue
         # pauses the job's dispatch instead of failing its sources.
-        await publish_when_room(
-            self._broker, INFERENCE_BATCH.name, message.model_dump_json().encode(), message_id=task_id
-        )
+        await publish_when_room(self._broker, INFERENCE_BATCH.name, job_body(message), message_id=task_id)
 
     async def _image(self, source: SourceDoc | None) -> JobImage | None:
         if source is None:

@@ -28,9 +28,9 @@ class _Refs:
     _KEPT = 64
 
     def __init__(self) -> None:
-        self._parsed: dict[str, ModelRef] = {}
+        self._parsed: dict[bytes, ModelRef] = {}
 
-    def parse(self, text: str) -> ModelRef:
+    def parse(self, text: bytes) -> ModelRef:
         ref = self._parsed.get(text)
         if ref is None:
             if len(self._parsed) >= self._KEPT:

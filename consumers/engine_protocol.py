@@ -20,7 +20,7 @@ class LoadNetwork:
 class RunBatch:
     network_id: str
     folder: str
-    model_refs: list[str]  # the distinct ModelRefs of the batch's jobs, as JSON (RunItem.ref indexes them)
+    model_refs: list[bytes]  # the distinct ModelRefs of the batch's jobs, as JSON (RunItem.ref indexes them)
     items: list[RunItem]
 
 

@@ -33,6 +33,7 @@ from consumers.engine_protocol import DropNetwork, Failed, LoadNetwork, Ready, R
 from consumers.forkserver import context
 from consumers.models import LoadedNetwork
 from engine.errors import ModelError
+from schemas.job_wire import model_json
 
 log = structlog.get_logger("engines")
 
@@ -238,10 +239,8 @@ class Engines:
         """Results in input order; raises EngineLost when the process ended before answering. `full_time`
         gives the run all of PERCEPT_MAX_RUN_S instead of the suspicion deadline."""
         # The job (image bytes included) stays here: the tensors cross the pipe, the model reference once.
-        refs: dict[str, int] = {}  # one, unless a version changed while its jobs were batched
-        items = [
-            RunItem.of(item, refs.setdefault(item.job.model.model_dump_json(), len(refs))) for item in batch
-        ]
+        refs: dict[bytes, int] = {}  # one, unless a version changed while its jobs were batched
+        items = [RunItem.of(item, refs.setdefault(model_json(item.job.model), len(refs))) for item in batch]
         request = RunBatch(network.network_id, str(network.folder), list(refs), items)
         if alone:
             self._keep_quarantine()

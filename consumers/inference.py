@@ -32,6 +32,7 @@ from consumers.results import ResultWriter
 from consumers.runner import PermanentFailure, parse_or_dead_letter, settle
 from engine.errors import EngineError, ModelError
 from schemas.documents import TaskDoc, TaskOutcome, TaskStatus
+from schemas.job_wire import JobReader
 from schemas.messages import InferenceJob
 from schemas.producer import ProducerReply
 from store.port import TASKS, Store
@@ -78,6 +79,7 @@ class InferenceWorker:
         self._results = results
         self._config = config
         self._decode_executor = decode_executor
+        self._read_job = JobReader()
         self._engines = engines
         self.batcher: Batcher[_Waiting, Outcome] = Batcher(
             self._run_batch, max_size=config.max_batch_size, max_delay=config.max_batch_delay_s
@@ -88,7 +90,7 @@ class InferenceWorker:
             await self._handle(delivery, received=asyncio.get_running_loop().time())
 
     async def _handle(self, delivery: Delivery, *, received: float) -> None:
-        job = await parse_or_dead_letter(delivery, InferenceJob.model_validate_json)
+        job = await parse_or_dead_letter(delivery, self._read_job)
         if job is None:
             return
         with structlog.contextvars.bound_contextvars(

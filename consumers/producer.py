@@ -22,6 +22,7 @@ from broker.port import Broker, BrokerUnavailable, Delivery
 from broker.topology import INFERENCE, REQUESTS
 from consumers.runner import PermanentFailure, settle
 from schemas.documents import IdempotencyDoc, TaskDoc, TaskKind, TaskOutcome, TaskStatus
+from schemas.job_wire import job_body
 from schemas.messages import InferenceJob, ModelRef
 from schemas.producer import API_KEY_HEADER, ProducerReply, ProducerRequest
 from store.api_keys import KeyCache
@@ -115,9 +116,7 @@ class ProducerWorker:
         )
         try:
             # A full inference queue holds the request (backpressure on the requests queue) for a while.
-            await publish_when_room(
-                self._broker, INFERENCE.name, job.model_dump_json().encode(), message_id=task.id
-            )
+            await publish_when_room(self._broker, INFERENCE.name, job_body(job), message_id=task.id)
         except BrokerUnavailable as error:
             if delivery.message_id:
                 raise  # the task stays pending: the request's next delivery finds it and queues its job

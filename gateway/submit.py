@@ -16,11 +16,11 @@ from gateway import idempotency
 from gateway.context import BROKER, CONFIG, ENDPOINTS, OUTBOX_CLEANER, STORE, TASK_IDS, owner_of
 from gateway.errors import InvalidInput, Overloaded, Unavailable
 from gateway.images import job_image
-from gateway.job_body import job_body
 from gateway.multi_input import input_jobs, multi_input_tasks, publish_inputs
 from gateway.routes.common import ok
 from schemas.documents import TaskDoc, TaskKind, TaskOutcome, TaskStatus
 from schemas.inference import InferenceRequest, NetworkInferenceRequest
+from schemas.job_wire import job_body
 from schemas.messages import InferenceJob, ModelRef
 from store import outbox
 from store.hooks import task_hook

@@ -51,14 +51,15 @@ class InputOf(BaseModel):
     count: int = Field(ge=2)
 
 
-class InferenceJob(BaseModel):
+class InferenceJobFields(BaseModel):
+    """An inference job but its model: what a reader validates when it already holds the model (job_wire)."""
+
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
     kind: Literal["inference"] = "inference"
     task_id: str
     owner: str
-    model: ModelRef
     image: JobImage
     show_discarded: bool = False
     max_predictions: int = 100
@@ -68,6 +69,13 @@ class InferenceJob(BaseModel):
     # A queue producer's RPC: the consumer that stores the result publishes it to `reply_to` as well.
     reply_to: str | None = None
     correlation_id: str | None = None
+
+
+class InferenceJob(InferenceJobFields):
+    model: ModelRef
+    # Written by schemas.job_wire from the model's JSON, so that a reader knows a model it has read before;
+    # never trusted without comparing the model's bytes.
+    model_digest: str | None = None
 
 
 class DeploymentJob(BaseModel):
