@@ -8,8 +8,16 @@ Deadlines. TensorFlow cannot interrupt a kernel, so a run that wedges is ended b
 batch, and a job's first lone run, are suspected early: after ten times what this network's slowest batch
 so far took per image, times the batch's size (at least half a second, at most PERCEPT_MAX_RUN_S). A later
 lone run gets the full PERCEPT_MAX_RUN_S. A wrong suspicion only costs a rerun; what fails a job is a lone
-run that had all the time there is. Quarantine serves first lone runs before later ones, so the jobs that
-merely shared a batch with a culprit are not kept waiting behind its long last run.
+run that had all the time there is, or one that crashed its process in a way only the model can (below).
+Quarantine serves first lone runs before later ones, so the jobs that merely shared a batch with a culprit
+are not kept waiting behind its long last run. Loading a network into a fresh process is a request of its
+own, with the full limit: the suspicion deadline is for the run only, so a process that was just replaced
+(and must load the model again, slowly on a busy machine) is not suspected for the load.
+
+Crashes. A process that died of SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP or SIGSYS, or exited by
+itself, was ended by the code it ran: the same input does it again, so one lone run proves it
+(`EngineLost.deterministic`). SIGKILL may come from outside (the kernel's out-of-memory killer, an operator)
+and a stall may be a busy machine: those get the full count of lone runs.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import itertools
 import signal
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext, ForkServerProcess
 
@@ -41,14 +49,35 @@ _SUSPECT_FLOOR_S = 0.5
 _QUARANTINE_IDLE_S = 30.0
 
 
+# Signals a process raises on itself: a failed CHECK or assert (abort), a bad memory access, an arithmetic
+# trap, an illegal instruction, a refused system call.
+_SELF_INFLICTED = frozenset(
+    {
+        signal.SIGABRT,
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGFPE,
+        signal.SIGILL,
+        signal.SIGTRAP,
+        signal.SIGSYS,
+    }
+)
+
+
 class EngineLost(Exception):
-    """The process running a request crashed or was killed at its deadline; the request has no result."""
+    """The process running a request crashed or was killed at its deadline; the request has no result.
+    `deterministic`: the process ended itself (see the module's docstring), so the input will do it again."""
+
+    def __init__(self, message: str, *, deterministic: bool = False) -> None:
+        super().__init__(message)
+        self.deterministic = deterministic
 
 
 @dataclass(frozen=True)
 class _Process:
     process: ForkServerProcess
     connection: Connection
+    networks: set[str] = field(default_factory=set)  # loaded in this process, as far as replies tell
 
 
 class PriorityLock:
@@ -92,9 +121,10 @@ class PriorityLock:
 class EngineSlot:
     """One engine process, started on first use and replaced after it is lost; requests one at a time."""
 
-    def __init__(self, name: str, forkserver: ForkServerContext) -> None:
+    def __init__(self, name: str, forkserver: ForkServerContext, *, load_deadline_s: float | None) -> None:
         self.name = name
         self._forkserver = forkserver
+        self._load_deadline_s = load_deadline_s
         self._current: _Process | None = None
         self._lock = PriorityLock()
         # Calls block on the pipe: each slot has its own thread for them.
@@ -113,23 +143,38 @@ class EngineSlot:
             await self._ensure()
 
     async def call(self, request: Request, *, deadline_s: float | None, priority: int = 0) -> Reply:
-        """Calls waiting for the process go in order of `priority` (lower first), then of arrival."""
+        """Calls waiting for the process go in order of `priority` (lower first), then of arrival. A batch for
+        a network this process has not loaded loads it first, within `load_deadline_s`, not `deadline_s`."""
         async with self._lock.first(priority):
             current = await self._ensure()
-            loop = asyncio.get_running_loop()
-            exchange = loop.run_in_executor(self._thread, _exchange, current.connection, request)
-            try:
-                return await asyncio.wait_for(asyncio.shield(exchange), timeout=deadline_s)
-            except TimeoutError:
-                current.process.kill()  # the blocked exchange then ends with EngineLost
-                with contextlib.suppress(EngineLost):
-                    await exchange
-                self._forget(current, reason="stalled")
-                raise EngineLost(f"the model ran longer than {deadline_s:.3g} s") from None
-            except EngineLost:
-                code = await loop.run_in_executor(self._thread, _exit_code, current.process)
-                self._forget(current, reason="crashed")
-                raise EngineLost(f"the model's process {_describe(code)}") from None
+            if isinstance(request, RunBatch) and request.network_id not in current.networks:
+                load = LoadNetwork(request.network_id, request.folder)
+                loaded = await self._exchange(current, load, self._load_deadline_s)
+                if isinstance(loaded, Failed):
+                    return loaded
+            return await self._exchange(current, request, deadline_s)
+
+    async def _exchange(self, current: _Process, request: Request, deadline_s: float | None) -> Reply:
+        loop = asyncio.get_running_loop()
+        exchange = loop.run_in_executor(self._thread, _exchange, current.connection, request)
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(exchange), timeout=deadline_s)
+        except TimeoutError:
+            current.process.kill()  # the blocked exchange then ends with EngineLost
+            with contextlib.suppress(EngineLost):
+                await exchange
+            self._forget(current, reason="stalled")
+            raise EngineLost(f"the model ran longer than {deadline_s:.3g} s") from None
+        except EngineLost:
+            code = await loop.run_in_executor(self._thread, _exit_code, current.process)
+            self._forget(current, reason="crashed")
+            raise EngineLost(
+                f"the model's process {_describe(code)}", deterministic=_self_inflicted(code)
+            ) from None
+        if isinstance(reply, Ready) and reply.load_s:
+            metrics.MODEL_LOAD_SECONDS.observe(reply.load_s)
+        _note_networks(current, request, reply)
+        return reply
 
     async def stop_process(self) -> None:
         """End the process (it is started again on next use)."""
@@ -197,6 +242,20 @@ def _join(process: ForkServerProcess) -> None:
         process.join()
 
 
+def _note_networks(current: _Process, request: Request, reply: Reply) -> None:
+    if isinstance(request, DropNetwork):
+        current.networks.discard(request.network_id)
+    elif not isinstance(reply, Failed):
+        current.networks.add(request.network_id)
+
+
+def _self_inflicted(code: int | None) -> bool:
+    """Whether an exit code says the process ended itself (an exit of its own, or a signal of its own)."""
+    if code is None:
+        return False
+    return code >= 0 or -code in _SELF_INFLICTED
+
+
 def _describe(code: int | None) -> str:
     if code is None:
         return "ended"
@@ -206,11 +265,16 @@ def _describe(code: int | None) -> str:
 
 
 class Engines:
-    def __init__(self, *, max_run_s: float, forkserver: ForkServerContext | None = None) -> None:
+    def __init__(
+        self, *, max_run_s: float, load_timeout_s: float = 0.0, forkserver: ForkServerContext | None = None
+    ) -> None:
+        """`load_timeout_s`: what a network's load may take (the deployment trial's limit, which the load
+        met once already), when longer than `max_run_s`; 0: `max_run_s`."""
         forkserver = forkserver or context()
-        self.main = EngineSlot("main", forkserver)
-        self.quarantine = EngineSlot("quarantine", forkserver)
         self._max_run_s = max_run_s or None
+        self._load_deadline_s = max(self._max_run_s, load_timeout_s) if self._max_run_s is not None else None
+        self.main = EngineSlot("main", forkserver, load_deadline_s=self._load_deadline_s)
+        self.quarantine = EngineSlot("quarantine", forkserver, load_deadline_s=self._load_deadline_s)
         self._per_image_s: dict[str, float] = {}  # the slowest batch so far, per image, per network
         self._quarantine_idle: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -226,11 +290,9 @@ class Engines:
     async def load(self, network: LoadedNetwork) -> None:
         """Load a network into the main process now (a deployment warms the model it has just checked)."""
         request = LoadNetwork(network.network_id, str(network.folder))
-        reply = await self.main.call(request, deadline_s=self._max_run_s)
+        reply = await self.main.call(request, deadline_s=self._load_deadline_s)
         if isinstance(reply, Failed):
             raise ModelError(reply.error)
-        if isinstance(reply, Ready) and reply.load_s:
-            metrics.MODEL_LOAD_SECONDS.observe(reply.load_s)
 
     async def run(
         self, network: LoadedNetwork, batch: Sequence[PreparedJob], *, alone: bool, full_time: bool = False
@@ -245,11 +307,15 @@ class Engines:
         request = RunBatch(network.network_id, str(network.folder), list(refs), items)
         if alone:
             self._keep_quarantine()
-            reply = await self.quarantine.call(request, deadline_s=self._max_run_s)
+            slot = self.quarantine
+            # First lone runs go first and are suspected early; the run that can fail a job has all the time.
+            deadline_s = self._max_run_s if full_time else self._suspect_after(network.network_id, 1)
+            priority = 1 if full_time else 0
         else:
-            reply = await self.main.call(
-                request, deadline_s=self._suspect_after(network.network_id, len(batch))
-            )
+            slot = self.main
+            deadline_s = self._suspect_after(network.network_id, len(batch))
+            priority = 0
+        reply = await slot.call(request, deadline_s=deadline_s, priority=priority)
         if isinstance(reply, Failed):
             return BatchRun(results=[ModelError(reply.error)] * len(batch), predict_s=0.0, postprocess_s=0.0)
         assert not isinstance(reply, Ready)
