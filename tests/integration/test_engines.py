@@ -166,3 +166,23 @@ async def test_a_first_lone_run_is_suspected_early_and_a_last_one_gets_the_whole
     assert loop.time() - started < MAX_RUN_S and not stalled.value.deterministic
     # A good job's first lone run in the replaced process: the load is not counted in its deadline.
     assert _mean((await engines.run(network, [_job("8", 0)], alone=True)).results[0]) == 0.0
+
+
+async def test_after_a_loss_the_next_lost_process_is_replaced_by_a_spare_loaded_ahead(
+    engines: Engines, tiny_models: dict[str, Path]
+) -> None:
+    network = _network("9", tiny_models["crashing"])
+    await engines.run(network, [_job("9", 0)], alone=False)
+    assert await engines.spare.ready_pid() is None  # no loss yet: no spare costs memory
+    with pytest.raises(EngineLost):
+        await engines.run(network, [_job("9", 255)], alone=False)
+    first = await engines.spare.ready_pid()
+    assert first is not None
+    assert _mean((await engines.run(network, [_job("9", 0)], alone=False)).results[0]) == 0.0
+    assert engines.main.pid == first  # the replacement was the spare
+    second = await engines.spare.ready_pid()  # and the next one was prepared at once
+    assert second not in (None, first)
+    with pytest.raises(EngineLost):
+        await engines.run(network, [_job("9", 255)], alone=False)
+    assert _mean((await engines.run(network, [_job("9", 0)], alone=False)).results[0]) == 0.0
+    assert engines.main.pid == second
