@@ -3,7 +3,9 @@ engine process, store, then ack.
 
 A batch whose engine process crashed or stalled gives each of its jobs a lone run in the quarantine process
 (consumers.engines), so that the culprit shows itself while everyone else's batches go on. A job that ends
-its process alone ISOLATED_RUNS times fails for good. Lone runs are counted in the task, as each starts: a
+its process alone ISOLATED_RUNS times fails for good; so does one whose lone run (or batch of one) crashed
+the process in a way only the model's own code can (EngineLost.deterministic: the same input does it again,
+so a second run would only cost another process). Lone runs are counted in the task, as each starts: a
 consumer that dies mid-run (its deliveries come back redelivered, and run alone too) leaves the count right.
 """
 
@@ -13,7 +15,7 @@ import asyncio
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import structlog
@@ -44,9 +46,11 @@ ISOLATED_RUNS = 2
 
 @dataclass(frozen=True)
 class Lost:
-    """The batch's engine process ended before answering: the job runs again, alone."""
+    """The batch's engine process ended before answering: the job runs again, alone, unless `culprit`
+    (a batch of this job alone that the process ended itself on: see EngineLost.deterministic)."""
 
     reason: str
+    culprit: bool = False
 
 
 Outcome = dict[str, Any] | ModelError | Lost
@@ -158,6 +162,8 @@ class InferenceWorker:
             else:
                 result = await self._run_alone(alone, network, prepared)
             while isinstance(result, Lost):
+                if result.culprit:
+                    await self._fail_for_good(job, _crashed_reason(result.reason))
                 result = await self._run_alone(await self._task(job), network, prepared)
         except (FetchError, EngineError) as error:
             return TaskOutcome(task_id=job.task_id, status=TaskStatus.ERROR, error=str(error))
@@ -175,15 +181,20 @@ class InferenceWorker:
         with metrics.PREPARE_SECONDS.time():
             return prepare(job, data, mean=mean, max_pixels=self._config.max_image_pixels)
 
+    async def _fail_for_good(self, job: InferenceJob, reason: str) -> NoReturn:
+        """The job's outcome is an error; its message goes to the dead-letter queue with the reason."""
+        await self._store_outcome(
+            job, TaskOutcome(task_id=job.task_id, status=TaskStatus.ERROR, error=reason)
+        )
+        raise PermanentFailure(reason)
+
     async def _run_alone(self, task: TaskDoc, network: LoadedNetwork, prepared: PreparedJob) -> Outcome:
         if task.isolated_runs >= ISOLATED_RUNS:
             reason = (
                 f"running this input alone ended the model's process {task.isolated_runs} times"
                 " (a crash, or a run longer than PERCEPT_MAX_RUN_S); not retried"
             )
-            outcome = TaskOutcome(task_id=task.id, status=TaskStatus.ERROR, error=reason)
-            await self._store_outcome(prepared.job, outcome)
-            raise PermanentFailure(reason)
+            await self._fail_for_good(prepared.job, reason)
         # Counted as the run starts: if it ends this whole consumer, the count still names this job.
         runs = task.isolated_runs + 1
         await self._store.update(TASKS, task.id, owner=task.owner, changes={"isolated_runs": runs})
@@ -193,7 +204,11 @@ class InferenceWorker:
             last = runs >= ISOLATED_RUNS
             run = await self._engines.run(network, [prepared], alone=True, full_time=last)
         except EngineLost as lost:
-            log.warning("lone_run_lost", reason=str(lost), isolated_runs=runs)
+            log.warning(
+                "lone_run_lost", reason=str(lost), isolated_runs=runs, deterministic=lost.deterministic
+            )
+            if lost.deterministic:
+                await self._fail_for_good(prepared.job, _crashed_reason(str(lost)))
             return Lost(str(lost))
         return run.results[0]
 
@@ -209,7 +224,7 @@ class InferenceWorker:
             run = await self._engines.run(batch[0].network, prepared, alone=False)
         except EngineLost as lost:
             log.warning("batch_lost", reason=str(lost), size=len(batch), task_ids=task_ids)
-            return [Lost(str(lost))] * len(batch)
+            return [Lost(str(lost), culprit=lost.deterministic and len(batch) == 1)] * len(batch)
         metrics.PREDICT_SECONDS.observe(run.predict_s)
         metrics.POSTPROCESS_SECONDS.observe(run.postprocess_s)
         log.info(
@@ -222,3 +237,10 @@ class InferenceWorker:
             task_ids=task_ids,
         )
         return run.results
+
+
+def _crashed_reason(lost: str) -> str:
+    return (
+        f"running this input alone ended the model's process: {lost}, a crash of the model's own code"
+        " (the same input does it again); not retried"
+    )

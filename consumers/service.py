@@ -37,7 +37,7 @@ class ConsumerService:
         self._broker = broker
         self._config = config
         # Models run in engine processes; decoding overlaps them on threads here.
-        self.engines = Engines(max_run_s=config.max_run_s)
+        self.engines = Engines(max_run_s=config.max_run_s, load_timeout_s=config.sandbox_timeout_s)
         self._decode_executor = ThreadPoolExecutor(
             max_workers=config.decode_threads, thread_name_prefix="decode"
         )

@@ -26,6 +26,7 @@ from store.port import Store
 from tests.models import (
     build_box_detector,
     build_brightness_classifier,
+    build_crashing_classifier,
     build_slow_brightness_classifier,
     build_wedging_classifier,
     network_parts,
@@ -52,6 +53,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "boxes": build_box_detector(root / "boxes"),
         "slow": build_slow_brightness_classifier(root / "slow"),
         "wedging": build_wedging_classifier(root / "wedging"),
+        "crashing": build_crashing_classifier(root / "crashing"),
     }
 
 

@@ -47,6 +47,37 @@ class _WedgedByBrightImages(tf.Module):  # type: ignore[misc]
         return {"probabilities": tf.nn.softmax(logits), "mean": tf.reshape(mean, [-1, 1])}
 
 
+class _CrashedByBrightImages(tf.Module):  # type: ignore[misc]
+    """The brightness classifier, except that a bright image (mean above 0.9) ends its process at once: the
+    taken branch feeds a rank-0 tensor to FusedPadConv2D, whose kernel then fails a CHECK (abort(), SIGABRT)
+    instead of returning an error. The rank is decided at run time, so neither graph construction nor the
+    deployment trial (zeros) sees it, and the op is one the scan has no reason to refuse: a crash bug, the
+    kind of poison a real model meets."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 16, 16, 3], tf.float32, name="image")])
+    def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        mean = tf.reduce_mean(image, axis=[1, 2, 3])
+        brightest = tf.reduce_max(mean)
+
+        def crash() -> tf.Tensor:
+            # A shape vector whose length is only known at run time: zero, so the reshape gives a scalar.
+            rank = tf.cast(brightest * 0.0, tf.int32)
+            scalar = tf.reshape(brightest, tf.ones([rank], tf.int32))
+            padded = tf.raw_ops.FusedPadConv2D(
+                input=scalar,
+                paddings=tf.ones([4, 2], tf.int32),
+                filter=tf.zeros([1, 1, 0, 1], tf.float32),
+                mode="REFLECT",
+                strides=[1, 1, 1, 1],
+                padding="VALID",
+            )
+            return tf.reduce_sum(padded) * 0.0
+
+        busy = tf.cond(brightest > 0.9, crash, lambda: tf.constant(0.0))
+        logits = tf.stack([(0.5 - mean) * 20.0 + busy, (mean - 0.5) * 20.0], axis=1)
+        return {"probabilities": tf.nn.softmax(logits), "mean": tf.reshape(mean, [-1, 1])}
+
+
 class _Boxes(tf.Module):  # type: ignore[misc]
     """Three candidate boxes for one label; two overlap, so NMS keeps two. Scores scale with brightness."""
 
@@ -94,6 +125,12 @@ def build_slow_brightness_classifier(path: Path) -> Path:
 
 def build_wedging_classifier(path: Path) -> Path:
     module = _WedgedByBrightImages()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def build_crashing_classifier(path: Path) -> Path:
+    module = _CrashedByBrightImages()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return path
 

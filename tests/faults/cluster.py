@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import requests
 
+from broker.topology import INFERENCE
 from tests import brightness
 from tests.conftest import png
 from tests.rabbitmq import RabbitMQ, free_port
@@ -29,6 +31,20 @@ BODIES = {
     label: {"inputs": [{"image": {"source": base64.b64encode(data).decode()}}]}
     for label, data in IMAGES.items()
 }
+
+# Messages no producer of Percept sends: each must be dead-lettered as malformed, with its reason.
+MALFORMED = [
+    b"not json at all",
+    b"{}",
+    b"[1, 2, 3]",
+    b'{"task_id": 7}',
+    b'{"task_id": "x", "owner": "t"}',
+    b'{"task_id": "x", "owner": "t", "model": "nope", "image": {}}',
+    b"\xff\xfe\x00garbage",
+    b'{"task_id": "x", "owner": "t", "model": {}, "image": {"data": 5}}',
+    b'{"task_id": "' + b"9" * 5000 + b'"}',
+    b"null",
+]
 
 
 @dataclass
@@ -190,3 +206,12 @@ def wait_task(cluster: Cluster, task_id: str, timeout_s: float = 120.0) -> dict[
 
 def predicted_label(task: dict[str, Any]) -> str:
     return str(task["data"]["outputs"][0]["labels"]["predicted"][0]["label_name"])
+
+
+async def publish_raw(url: str, bodies: list[bytes]) -> None:
+    """Straight onto the inference queue, as a buggy or hostile producer would."""
+    async with await aio_pika.connect_robust(url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for index, body in enumerate(bodies):
+            message = aio_pika.Message(body, message_id=f"poison-{index}", delivery_mode=2)
+            await channel.default_exchange.publish(message, routing_key=INFERENCE.name)

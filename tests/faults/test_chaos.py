@@ -17,13 +17,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aio_pika
 import pytest
 import requests
 
 from broker.amqp import AmqpBroker
 from broker.topology import INFERENCE
-from tests.faults.cluster import BODIES, HEADERS, Cluster, deploy_brightness, predicted_label, wait_task
+from tests.faults.cluster import (
+    BODIES,
+    HEADERS,
+    MALFORMED,
+    Cluster,
+    deploy_brightness,
+    predicted_label,
+    publish_raw,
+    wait_task,
+)
 from tests.rabbitmq import SERVER, RabbitMQ, purge_queues
 
 pytestmark = [
@@ -231,18 +239,6 @@ def test_submissions_across_a_broker_crash_are_answered_in_time_and_every_accept
     assert statuses["503"] > 0, "the broker was down, yet nothing was refused: the test missed its window"
 
 
-MALFORMED = [
-    b"not json at all",
-    b"{}",
-    b"[1, 2, 3]",
-    b'{"task_id": 7}',
-    b'{"task_id": "x", "owner": "t"}',
-    b'{"task_id": "x", "owner": "t", "model": "nope", "image": {}}',
-    b"\xff\xfe\x00garbage",
-    b'{"task_id": "x", "owner": "t", "model": {}, "image": {"data": 5}}',
-    b'{"task_id": "' + b"9" * 5000 + b'"}',
-    b"null",
-]
 GOOD_JOBS = 120
 
 
@@ -250,21 +246,13 @@ def _throughput(running: Cluster, version_id: str, poison: bool, first: int) -> 
     """Good jobs per second, submitted by 8 clients and waited for; with `poison`, 10 malformed jobs too."""
     started = time.monotonic()
     if poison:
-        asyncio.run(_publish_raw(running.broker.url, MALFORMED))
+        asyncio.run(publish_raw(running.broker.url, MALFORMED))
     with ThreadPoolExecutor(max_workers=SUBMITTERS) as pool:
         ledger = Ledger()
         list(pool.map(lambda i: _submit(running.url, version_id, first + i, ledger), range(GOOD_JOBS)))
         tasks = list(pool.map(lambda task_id: wait_task(running, task_id), ledger.accepted.values()))
     assert all(task["status"] == "success" for task in tasks)
     return GOOD_JOBS / (time.monotonic() - started)
-
-
-async def _publish_raw(url: str, bodies: list[bytes]) -> None:
-    async with await aio_pika.connect_robust(url) as connection:
-        channel = await connection.channel(publisher_confirms=True)
-        for index, body in enumerate(bodies):
-            message = aio_pika.Message(body, message_id=f"poison-{index}", delivery_mode=2)
-            await channel.default_exchange.publish(message, routing_key=INFERENCE.name)
 
 
 def test_malformed_jobs_are_dead_lettered_with_a_reason_while_good_jobs_flow(

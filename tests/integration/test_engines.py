@@ -130,3 +130,59 @@ async def test_a_network_that_cannot_load_fails_its_jobs_not_the_process(
     pid = engines.main.pid
     assert pid is not None
     assert engines.main.running
+
+
+async def test_a_crash_of_the_models_own_is_deterministic_and_a_kill_from_outside_is_not(
+    engines: Engines, tiny_models: dict[str, Path]
+) -> None:
+    network = _network("6", tiny_models["crashing"])
+    assert _mean((await engines.run(network, [_job("6", 0)], alone=False)).results[0]) == 0.0
+    with pytest.raises(EngineLost, match="killed by SIGABRT") as crashed:
+        await engines.run(network, [_job("6", 0), _job("6", 255)], alone=False)
+    assert crashed.value.deterministic  # the input would do it again: one lone run proves it
+    # The fresh process loads the network again (a request of its own), then runs the next batch.
+    assert _mean((await engines.run(network, [_job("6", 0)], alone=False)).results[0]) == 0.0
+    pid = engines.main.pid
+    assert pid is not None
+    running = asyncio.create_task(
+        engines.run(_network("7", tiny_models["slow"]), [_job("7", 0)] * 64, alone=False)
+    )
+    await asyncio.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would: not the input's doing
+    with pytest.raises(EngineLost, match="killed by SIGKILL") as killed:
+        await running
+    assert not killed.value.deterministic
+
+
+async def test_a_first_lone_run_is_suspected_early_and_a_last_one_gets_the_whole_limit(
+    engines: Engines, tiny_models: dict[str, Path]
+) -> None:
+    network = _network("8", tiny_models["wedging"])
+    await engines.run(network, [_job("8", 0)], alone=True)  # measures the pace; loads quarantine
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(EngineLost, match=r"ran longer than 0\.5 s") as stalled:
+        await engines.run(network, [_job("8", 255)], alone=True)
+    assert loop.time() - started < MAX_RUN_S and not stalled.value.deterministic
+    # A good job's first lone run in the replaced process: the load is not counted in its deadline.
+    assert _mean((await engines.run(network, [_job("8", 0)], alone=True)).results[0]) == 0.0
+
+
+async def test_after_a_loss_the_next_lost_process_is_replaced_by_a_spare_loaded_ahead(
+    engines: Engines, tiny_models: dict[str, Path]
+) -> None:
+    network = _network("9", tiny_models["crashing"])
+    await engines.run(network, [_job("9", 0)], alone=False)
+    assert await engines.spare.ready_pid() is None  # no loss yet: no spare costs memory
+    with pytest.raises(EngineLost):
+        await engines.run(network, [_job("9", 255)], alone=False)
+    first = await engines.spare.ready_pid()
+    assert first is not None
+    assert _mean((await engines.run(network, [_job("9", 0)], alone=False)).results[0]) == 0.0
+    assert engines.main.pid == first  # the replacement was the spare
+    second = await engines.spare.ready_pid()  # and the next one was prepared at once
+    assert second not in (None, first)
+    with pytest.raises(EngineLost):
+        await engines.run(network, [_job("9", 255)], alone=False)
+    assert _mean((await engines.run(network, [_job("9", 0)], alone=False)).results[0]) == 0.0
+    assert engines.main.pid == second
