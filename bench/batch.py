@@ -28,6 +28,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,28 @@ def _memory_kib(pid: int) -> dict[str, int]:
     return fields
 
 
+def _cpu_seconds(roots: Sequence[int]) -> float:
+    """User + system CPU of the processes `roots` and all their descendants (the consumer's model engines
+    are its children), now. Other programs on the machine do not count: a figure that holds on a loaded
+    machine, where wall-clock rates swing with the neighbours."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command name may hold spaces and parentheses: the fields start after the last ")".
+            fields = stat.read_text().rpartition(")")[2].split()
+            pid = int(stat.parent.name)
+            parents[pid] = int(fields[1])
+            ticks[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+    wanted = set(roots)
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in wanted} - wanted
+        wanted |= children
+        grew = bool(children)
+    return sum(ticks.get(pid, 0) for pid in wanted) / os.sysconf("SC_CLK_TCK")
+
+
 async def _sample_rss(pids: dict[str, int], peaks: dict[str, int], stop: asyncio.Event) -> None:
     while not stop.is_set():
         for role, pid in pids.items():
@@ -121,6 +144,7 @@ async def _batch_job(
     version_id: str,
     probe_body: Body,
     pids: dict[str, int],
+    cpu_pids: Sequence[int],
 ) -> dict[str, Any]:
     body = {
         "groupName": "bench",
@@ -132,11 +156,13 @@ async def _batch_job(
     stop = asyncio.Event()
     peaks: dict[str, int] = {}
     sampler = asyncio.create_task(_sample_rss(pids, peaks, stop))
+    cpu_before = _cpu_seconds(cpu_pids)
     started = time.perf_counter()
     job = await _post(session, f"{base}/v1/infer/batch", json=body)
     probe = asyncio.create_task(_probe(percept, version_id, probe_body, stop))
     task = await percept.finished(job["inferenceJobId"])
     elapsed = time.perf_counter() - started
+    cpu = _cpu_seconds(cpu_pids) - cpu_before
     stop.set()
     latencies = await probe
     await sampler
@@ -145,6 +171,8 @@ async def _batch_job(
     return {
         "seconds": round(elapsed, 2),
         "images_per_s": round(len(sources) / elapsed, 1),
+        # Over the job's images, the interactive probes' CPU included (they run meanwhile).
+        "cpu_ms_per_image": round(cpu * 1000 / len(sources), 2),
         "dispatch": f"chunks of {CHUNK_SIZE}, at most {CHUNKS_AHEAD} ahead of the finished ones",
         "interactive_during_job": {"requests": len(latencies), "latency": percentiles(latencies)},
         "peak_rss_mib_during_job": {role: round(kib / 1024, 1) for role, kib in peaks.items()},
@@ -153,20 +181,23 @@ async def _batch_job(
 
 
 async def _single(
-    percept: Percept, version_id: str, jpegs: list[bytes], n: int, concurrency: int
+    percept: Percept, version_id: str, jpegs: list[bytes], n: int, concurrency: int, pids: Sequence[int]
 ) -> dict[str, Any]:
     bodies = inference_bodies(jpegs, Form.MULTIPART)
+    cpu_before = _cpu_seconds(pids)
 
     async def send(body: Body) -> None:
         await percept.infer_ok(version_id, body)
 
     result = await run_load(send, bodies, concurrency=concurrency, requests=n)
+    cpu = _cpu_seconds(pids) - cpu_before
     if result.errors:
         raise RequestFailed(f"{result.errors} single requests failed; first: {result.first_error}")
     return {
         "concurrency": concurrency,
         "seconds": round(result.elapsed_s, 2),
         "images_per_s": round(n / result.elapsed_s, 1),
+        "cpu_ms_per_image": round(cpu * 1000 / n, 2),
         "latency": percentiles(result.latencies_ms),
     }
 
@@ -226,11 +257,20 @@ async def _run(
         version_id = await percept.deploy(model, ensure_built(model, cache))
         project = await _post(session, f"{base}/v1/projects", json={"name": "bench"})
         sources = await _sources(session, base, str(project["id"]), jpegs, n)
-        await _single(percept, version_id, jpegs, WARM_UP, concurrency)
+        measured = list(cluster.pids().values())  # the broker's too: both paths go through it
+        await _single(percept, version_id, jpegs, WARM_UP, concurrency, measured)
         idle = await _idle_probe(percept, version_id, probe_body, probes)
-        single = await _single(percept, version_id, jpegs, n, concurrency)
+        single = await _single(percept, version_id, jpegs, n, concurrency, measured)
         batch = await _batch_job(
-            session, percept, base, model, sources, version_id=version_id, probe_body=probe_body, pids=pids
+            session,
+            percept,
+            base,
+            model,
+            sources,
+            version_id=version_id,
+            probe_body=probe_body,
+            pids=pids,
+            cpu_pids=measured,
         )
         try:
             multi = await _multi_input(session, percept, base, version_id, jpegs, n)
@@ -242,6 +282,8 @@ async def _run(
         "batch_job": batch,
         "multi_input_requests": multi,
         "batch_over_single": round(batch["images_per_s"] / single["images_per_s"], 2),
+        # CPU per image of the gateway, consumer and broker trees: below 1, a batch job costs less per image.
+        "batch_cpu_over_single": round(batch["cpu_ms_per_image"] / single["cpu_ms_per_image"], 2),
         "multi_input_over_single": (
             round(multi["images_per_s"] / single["images_per_s"], 2) if multi["images_per_s"] else None
         ),

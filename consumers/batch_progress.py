@@ -1,11 +1,19 @@
 """Batch jobs' progress, moved where task outcomes are written (consumers.results), one batch at a time.
 
 Predictions are written before the tasks are finished, so a failed write is redone by the redelivered job.
-Counts are derived from the stored predictions rather than incremented: consumer processes finishing tasks
-of the same job at once cannot lose an update. They are read by id, in bounded amounts: a finished chunk is
-recorded once (BatchChunkDoc) and counted from that record; only the predictions of the published,
-unfinished chunks (at most the window, schemas.annolab) are read each time. Counting every prediction of a
-10,000-source job after every batch of outcomes cost 50-100 ms a time on SQLite, quadratic in the job.
+Counts are derived from the stored source tasks rather than incremented: consumer processes finishing tasks
+of the same job at once cannot lose an update. They are read by id (a source's task id follows from the job
+and the source's position), in bounded amounts: a finished chunk is recorded once (BatchChunkDoc) and
+counted from that record; only the tasks of the published, unfinished chunks (at most the window,
+schemas.annolab) are read each time. Counting every source of a 10,000-source job after every batch of
+outcomes cost 50-100 ms a time on SQLite, quadratic in the job.
+
+Two jobs may write one layer at once, with sources in common. A layer holds one prediction per source: the
+newest job's (the one created last, ids being increasing), whatever order the outcomes arrive in, so that a
+re-run replaces what an older run said even if the older one is still running. Each job still counts every
+one of its own sources, the ones whose prediction a newer job holds included: counts come from the jobs'
+own tasks, never from the shared predictions (counting predictions left an older job Running for ever once
+a newer one had replaced a source's prediction before the older one finished).
 
 A job's end finishes its own task, whose conditional write moves once only: that task's webhooks fire once,
 however many processes saw the last source end.
@@ -20,7 +28,7 @@ import structlog
 
 from broker.port import Broker, BrokerUnavailable
 from broker.topology import BATCH
-from schemas.annolab import CHUNK_SIZE, BatchChunk, chunk_count, chunks_allowed
+from schemas.annolab import CHUNK_SIZE, BatchChunk, chunk_count, chunks_allowed, source_task_id
 from schemas.common import utc_now
 from schemas.documents import (
     BATCH_OWNER,
@@ -37,6 +45,7 @@ from store.port import (
     BATCH_JOBS,
     BATCH_LINKS,
     PREDICTIONS,
+    TASKS,
     DuplicateId,
     Store,
     StoreUnavailable,
@@ -107,17 +116,31 @@ class BatchProgress:
         return {job.id: job for job in await self._store.get_many(BATCH_JOBS, ids, owners=tenants)}
 
     async def _put(self, prediction: PredictionDoc) -> None:
-        try:
-            await self._store.insert(PREDICTIONS, prediction)
-        except DuplicateId:
-            # An earlier job wrote this source's prediction in this layer: the newest job's wins.
+        """Insert, or replace a prediction of the same or an older job; a newer job's stays. A compare-and-set
+        on the stored job id, repeated if another process wrote the prediction in between."""
+        while True:
+            try:
+                await self._store.insert(PREDICTIONS, prediction)
+                return
+            except DuplicateId:
+                pass
+            current = await self._store.get(PREDICTIONS, prediction.id, owners=[prediction.owner])
+            if current is None:
+                continue  # deleted in between: insert again
+            if _job_order(current.job_id) > _job_order(prediction.job_id):
+                return
+            # The stored job id only ever grows (or is rewritten by its own job), so it alone is the version.
             changes = prediction.model_dump(exclude={"id", "owner"})
-            await self._store.update(PREDICTIONS, prediction.id, owner=prediction.owner, changes=changes)
+            expect = {"job_id": current.job_id}
+            if await self._store.update(
+                PREDICTIONS, prediction.id, owner=prediction.owner, changes=changes, expect=expect
+            ):
+                return
 
     async def _count(self, job: BatchJobDoc) -> tuple[int, int]:
-        """(done, failed): finished chunks from their records, the others from their predictions."""
-        # Up to the first chunk beyond the published ones that has no prediction: `next_chunk` as read may
-        # lag behind another process's publish, and the job's last outcome must see every chunk.
+        """(done, failed): finished chunks from their records, the others from their sources' tasks."""
+        # Up to the first chunk beyond the published ones none of whose tasks has ended: `next_chunk` as read
+        # may lag behind another process's publish, and the job's last outcome must see every chunk.
         chunks = range(chunk_count(len(job.source_ids)))
         chunk_ids = [_chunk_id(job.id, chunk) for chunk in range(job.next_chunk)]
         records = {
@@ -128,23 +151,22 @@ class BatchProgress:
         for chunk in chunks:
             if chunk in records:
                 continue
-            sources = job.source_ids[chunk * CHUNK_SIZE : (chunk + 1) * CHUNK_SIZE]
-            ids = [_prediction_id(job.layer_id, source_id) for source_id in sources]
-            found = await self._store.get_many(PREDICTIONS, ids, owners=[job.owner])
-            # A prediction of an earlier job into the same layer is not this job's.
-            ours = [doc for doc in found if doc.job_id == job.id]
-            if chunk >= job.next_chunk and not ours:
+            positions = range(chunk * CHUNK_SIZE, min((chunk + 1) * CHUNK_SIZE, len(job.source_ids)))
+            ids = [source_task_id(job.id, position) for position in positions]
+            tasks = await self._store.get_many(TASKS, ids, owners=[job.owner])
+            ended = [task for task in tasks if task.status is not TaskStatus.PENDING]
+            if chunk >= job.next_chunk and not ended:
                 break
-            ok = sum(doc.ok for doc in ours)
-            done, failed = done + ok, failed + len(ours) - ok
-            if len(ours) == len(sources):
+            ok = sum(task.status is TaskStatus.SUCCESS for task in ended)
+            done, failed = done + ok, failed + len(ended) - ok
+            if len(ended) == len(positions):
                 record = BatchChunkDoc(
                     id=_chunk_id(job.id, chunk),
                     owner=job.owner,
                     job_id=job.id,
                     chunk=chunk,
                     done=ok,
-                    failed=len(ours) - ok,
+                    failed=len(ended) - ok,
                 )
                 with contextlib.suppress(DuplicateId):  # recorded by another process meanwhile, the same
                     await self._store.insert(BATCH_CHUNKS, record)
@@ -195,6 +217,11 @@ def _prediction(job: BatchJobDoc, link: BatchLinkDoc, outcome: TaskOutcome) -> P
 
 def _prediction_id(layer_id: str, source_id: str) -> str:
     return f"{layer_id}:{source_id}"
+
+
+def _job_order(job_id: str) -> int:
+    """Job ids come from one increasing counter (the tasks'): a larger one was created later."""
+    return int(job_id)
 
 
 def _chunk_id(job_id: str, chunk: int) -> str:

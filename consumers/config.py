@@ -13,6 +13,9 @@ class ConsumerConfig:
     max_batch_size: int = 8
     max_batch_delay_s: float = 0.005
     prefetch: int = 32
+    # Batch jobs' sources held unacknowledged, in model batches (consumers.service): an interactive job waits
+    # behind at most this many batch runs of them.
+    batch_prefetch_batches: int = 1
     max_image_pixels: int = 40_000_000
     fetch_timeout_s: float = 10.0
     fetch_max_bytes: int = 20 * 1024 * 1024

@@ -110,12 +110,12 @@ class ConsumerService:
             await self._broker.consume(
                 INFERENCE.name, self._dispatch(self.inference.handle), prefetch=self._config.prefetch
             ),
-            # Batch jobs' sources, same handler: one model batch of them at a time, so an interactive job
-            # waits for at most the run in progress (broker.topology.INFERENCE_BATCH).
+            # Batch jobs' sources, same handler: a few model batches of them at a time, so an interactive job
+            # waits for at most that many runs (broker.topology.INFERENCE_BATCH).
             await self._broker.consume(
                 INFERENCE_BATCH.name,
                 self._dispatch(self.inference.handle),
-                prefetch=self._config.max_batch_size,
+                prefetch=self._config.max_batch_size * self._config.batch_prefetch_batches,
             ),
             await self._broker.consume(DEPLOYMENT.name, self._dispatch(self._deployment.handle), prefetch=1),
             await self._broker.consume(

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from broker.port import BrokerError
-from broker.topology import INFERENCE
+from broker.topology import INFERENCE_QUEUES
 from gateway.context import BROKER
 
 log = structlog.get_logger("gateway")
@@ -70,11 +70,12 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
-    try:
-        QUEUE_DEPTH.labels(INFERENCE.name).set(await request.app[BROKER].queue_depth(INFERENCE.name))
-    except BrokerError as error:
-        # NaN rather than the last value: a stale depth would look like a healthy, stuck queue.
-        log.warning("queue_depth_unavailable", error=str(error))
-        QUEUE_DEPTH.labels(INFERENCE.name).set(float("nan"))
+    for queue in INFERENCE_QUEUES:  # interactive and batch jobs, each under its queue's name
+        try:
+            QUEUE_DEPTH.labels(queue.name).set(await request.app[BROKER].queue_depth(queue.name))
+        except BrokerError as error:
+            # NaN rather than the last value: a stale depth would look like a healthy, stuck queue.
+            log.warning("queue_depth_unavailable", queue=queue.name, error=str(error))
+            QUEUE_DEPTH.labels(queue.name).set(float("nan"))
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return web.Response(body=encoder(REGISTRY), headers={"Content-Type": content_type})

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=8, ge=1, le=1024)
     max_batch_delay_ms: float = Field(default=5.0, ge=0, le=60_000)
     prefetch: int = Field(default=32, ge=1, le=10_000, description="unacknowledged jobs per consumer")
+    batch_prefetch_batches: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="batch jobs' sources a consumer holds unacknowledged, in model batches (max_batch_size)",
+    )
     bootstrap_api_key: str = Field(default="", description="an API key that exists after start")
     public_url: str = Field(default="", description="base URL for links; default: from the request")
     max_request_mb: float = Field(default=64.0, gt=0, description="largest request body (network uploads)")

@@ -290,11 +290,11 @@ class BatchLinkDoc(Document):
 
 
 class BatchChunkDoc(Document):
-    """A chunk of a batch job all of whose sources have their prediction; `id` is `<job_id>.chunk<n>`.
+    """A chunk of a batch job all of whose sources' tasks have ended; `id` is `<job_id>.chunk<n>`.
 
-    Written once (its content follows from the stored predictions, so whichever process writes it first
-    writes the same): a job's progress sums these and reads the predictions of its unfinished chunks only,
-    instead of counting every prediction of the job after every batch of outcomes.
+    Written once (its content follows from the stored tasks, so whichever process writes it first writes the
+    same): a job's progress sums these and reads the tasks of its unfinished chunks only, instead of counting
+    every source of the job after every batch of outcomes.
     """
 
     job_id: str
@@ -304,7 +304,7 @@ class BatchChunkDoc(Document):
 
 
 class PredictionDoc(Document):
-    """A source's prediction in a layer; `id` is `<layer_id>:<source_id>`: a later job overwrites it."""
+    """A source's prediction in a layer, `id` `<layer_id>:<source_id>`: the newest job's wins (by job id)."""
 
     project_id: str
     layer_id: str

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure
 
@@ -81,16 +82,19 @@ class MongoStore(Store):
         files: FileStore | None = None,
         client: AsyncMongoClient[Any] | None = None,
         retention_s: int | None = None,
+        transactions: bool | None = None,
     ) -> None:
         """`client`, when given, is closed by `close()`; `files` defaults to `files_for(db)`.
 
         With `retention_s`, TTL indexes let MongoDB itself delete expired documents (purge_expired does the
-        same on demand, for both adapters alike).
+        same on demand, for both adapters alike). `transactions`: whether the server runs them (a replica
+        set or a sharded cluster); None asks the server on first need.
         """
         self._db = db
         self._files = files or files_for(db)
         self._client = client
         self._retention_s = retention_s
+        self._transactions = transactions
 
     @classmethod
     async def connect(cls, url: str, *, retention_s: int | None = None) -> MongoStore:
@@ -251,6 +255,59 @@ class MongoStore(Store):
         with _reachable():
             result = await self._db[collection.name].delete_many(query)
         return result.deleted_count
+
+    async def replace_where(
+        self, collection: Collection[D], *, owner: str, where: Where, docs: Sequence[D]
+    ) -> int:
+        documents = self._db[collection.name]
+        matching = _matching([owner], check_where(collection, where))
+        with _reachable():
+            # At least one number even with no documents: the bound below which matches are older.
+            last = await self._increment(_SEQUENCES, collection.name, by=max(len(docs), 1))
+            first = last - max(len(docs), 1) + 1
+            stored = [
+                {"_id": doc.id, "seq": first + offset, **doc.model_dump(mode="json", exclude={"id"})}
+                for offset, doc in enumerate(docs)
+            ]
+            if await self._runs_transactions():
+                return await self._replace_in_transaction(documents, matching, stored)
+            # Standalone: insert, then delete the matches inserted before; never a moment without either.
+            # Of concurrent replacements, the one with the highest sequence numbers wins: it deletes the
+            # others' documents inserted before its delete, and those inserted after it see it and withdraw.
+            ours = {"_id": {"$in": [doc["_id"] for doc in stored]}, "seq": {"$gte": first, "$lte": last}}
+            try:
+                if stored:
+                    await documents.insert_many(stored, ordered=True)
+            except BulkWriteError as error:
+                await documents.delete_many(ours)
+                raise DuplicateId(f"{collection.name}: {error.details.get('writeErrors', [])[:1]}") from error
+            deleted = await documents.delete_many({"$and": [matching, {"seq": {"$lt": first}}]})
+            if stored and await documents.find_one({"$and": [matching, {"seq": {"$gt": last}}]}):
+                await documents.delete_many(ours)
+            return int(deleted.deleted_count)
+
+    async def _replace_in_transaction(
+        self, documents: Any, matching: Mapping[str, Any], stored: list[dict[str, Any]]
+    ) -> int:
+        async def replace(session: AsyncClientSession) -> int:
+            deleted = await documents.delete_many(matching, session=session)
+            if stored:
+                await documents.insert_many(stored, ordered=True, session=session)
+            return int(deleted.deleted_count)
+
+        # with_transaction retries a write conflict with a concurrent replacement (a transient error).
+        try:
+            async with self._db.client.start_session() as session:
+                return await session.with_transaction(replace)
+        except BulkWriteError as error:
+            raise DuplicateId(f"{documents.name}: {error.details.get('writeErrors', [])[:1]}") from error
+
+    async def _runs_transactions(self) -> bool:
+        """A replica set member names its set; a mongos says `isdbgrid`; a standalone says neither."""
+        if self._transactions is None:
+            hello = await self._db.client.admin.command("hello")
+            self._transactions = "setName" in hello or hello.get("msg") == "isdbgrid"
+        return self._transactions
 
     async def delete_many(self, collection: Collection[D], ids: Sequence[str], *, owner: str) -> int:
         if not ids:

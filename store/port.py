@@ -211,6 +211,20 @@ class Store(ABC):
     async def delete_where(self, collection: Collection[D], *, owner: str, where: Where) -> int: ...
 
     @abstractmethod
+    async def replace_where(
+        self, collection: Collection[D], *, owner: str, where: Where, docs: Sequence[D]
+    ) -> int:
+        """Delete the owner's documents matching `where` and insert `docs` (new ids, the owner's, meant to
+        match `where`) as one change; returns how many were deleted. Raises DuplicateId, changing nothing.
+
+        Of concurrent replacements, one whole set stays. SQLite, and MongoDB on a replica set or sharded
+        cluster: one transaction, so readers see the old documents or the new ones. MongoDB standalone (no
+        transactions): `docs` are inserted, then the matching documents inserted before them deleted (and
+        `docs` withdrawn if a concurrent replacement inserted after them); a reader in between may see both
+        sets, and a crash in between leaves both (nothing is lost; the next replacement removes the older).
+        """
+
+    @abstractmethod
     async def delete_many(self, collection: Collection[D], ids: Sequence[str], *, owner: str) -> int:
         """One round trip; unknown or foreign ids are skipped."""
 

@@ -316,6 +316,21 @@ class SqliteStore(Store):
         clause, params = _matching([owner], check_where(collection, where))
         return await self._change(f"DELETE FROM {_table(collection)} WHERE {clause}", params)
 
+    async def replace_where(
+        self, collection: Collection[D], *, owner: str, where: Where, docs: Sequence[D]
+    ) -> int:
+        table = _table(collection)
+        clause, params = _matching([owner], check_where(collection, where))
+        rows = [(doc.id, doc.owner, json.dumps(doc.model_dump(mode="json"))) for doc in docs]
+        try:
+            async with self._transaction() as db:
+                async with db.execute(f"DELETE FROM {table} WHERE {clause}", params) as cursor:
+                    deleted = int(cursor.rowcount)
+                await db.executemany(f"INSERT INTO {table} (id, owner, body) VALUES (?, ?, ?)", rows)
+        except sqlite3.IntegrityError as error:
+            raise DuplicateId(f"{collection.name}: {error}") from error
+        return deleted
+
     async def delete_many(self, collection: Collection[D], ids: Sequence[str], *, owner: str) -> int:
         if not ids:
             return 0

@@ -252,9 +252,10 @@ async def set_regions(request: web.Request) -> web.Response:
                 f"tag {region.tag_id()} does not exist in project {project.name!r}",
                 field=f"regions[{index}].tagId",
             )
+    ids = await store.reserve_ids("regions", len(given.regions)) if given.regions else range(0)
     docs = [
         RegionDoc(
-            id=await store.next_id("regions"),
+            id=str(region_id),
             owner=project.owner,
             project_id=project.id,
             source_id=source.id,
@@ -264,10 +265,10 @@ async def set_regions(request: web.Request) -> web.Response:
             width=region.width,
             height=region.height,
         )
-        for region in given.regions
+        for region_id, region in zip(ids, given.regions, strict=True)
     ]
-    await store.delete_where(REGIONS, owner=project.owner, where={"source_id": source.id})
-    await store.insert_many(REGIONS, docs)
+    # One store operation: a failure leaves the old regions, and concurrent PUTs leave one whole set.
+    await store.replace_where(REGIONS, owner=project.owner, where={"source_id": source.id}, docs=docs)
     return ok({"sourceId": int(source.id), "regions": [render_region(doc) for doc in docs]})
 
 

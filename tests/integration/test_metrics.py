@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker.topology import INFERENCE
 from tests.conftest import Stack, png
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -85,7 +86,8 @@ async def test_one_inference_moves_request_and_consumer_metrics(
         assert _grew(before, after, f"{histogram}_count") == 1, histogram
         assert _grew(before, after, f"{histogram}_sum") > 0, histogram
     assert _grew(before, after, "percept_model_load_seconds_count") >= 1
-    assert _value(after, "percept_queue_depth", queue="inference") == 0
+    assert ("percept_queue_depth", frozenset({("queue", INFERENCE.name)})) in after
+    assert _value(after, "percept_queue_depth", queue=INFERENCE.name) == 0
     assert _value(after, "percept_inference_jobs_in_flight") == 0
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import FormData
 
+from schemas.documents import RegionDoc
+from store.port import REGIONS
 from tests.conftest import OTHER_KEY, Stack, png
 
 
@@ -149,3 +152,41 @@ async def test_another_tenants_tags_and_regions_are_unknown(stack: Stack) -> Non
     assert error["field"] == "regions[0].tagId"
     # The first tenant's annotations are untouched.
     assert (await _call(stack, "GET", regions, 200))["count"] == 1
+
+
+async def test_replacing_regions_fails_whole_or_not_at_all(stack: Stack) -> None:
+    project, source = await _project(stack, "Atomic")
+    tag = await _call(stack, "POST", f"/v1/projects/{project}/tags", 201, json={"name": "cat"})
+    regions_path = f"/v1/projects/{project}/sources/{source}/regions"
+    kept = await _call(stack, "PUT", regions_path, 200, json={"regions": [_box(tag["id"]), _box(tag["id"])]})
+
+    # The next replacement fails half-way through its write: the second new region's id is taken (a
+    # stand-in for any failure between removing the old regions and storing the new ones).
+    taken = str(int(await stack.store.next_id("regions")) + 2)
+    stranger = RegionDoc(
+        id=taken,
+        owner="elsewhere",
+        project_id="0",
+        source_id="0",
+        tag_id="0",
+        left=0,
+        top=0,
+        width=1,
+        height=1,
+    )
+    await stack.store.insert(REGIONS, stranger)
+    response = await stack.client.put(
+        regions_path, json={"regions": [_box(tag["id"], left=0.0)] * 3}, headers=stack.headers()
+    )
+    assert response.status == 500, await response.text()
+    assert (await _call(stack, "GET", regions_path, 200))["results"] == kept["regions"]
+
+
+async def test_concurrent_region_replacements_leave_one_whole_set(stack: Stack) -> None:
+    project, source = await _project(stack, "Racing")
+    tag = await _call(stack, "POST", f"/v1/projects/{project}/tags", 201, json={"name": "cat"})
+    regions_path = f"/v1/projects/{project}/sources/{source}/regions"
+    bodies = [{"regions": [_box(tag["id"], left=n / 40) for _ in range(n % 5 + 1)]} for n in range(20)]
+    saved = await asyncio.gather(*(_call(stack, "PUT", regions_path, 200, json=body) for body in bodies))
+    listed = (await _call(stack, "GET", regions_path, 200))["results"]
+    assert listed in [answer["regions"] for answer in saved]

@@ -9,9 +9,27 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.common import utc_now
-from schemas.documents import PUBLIC_OWNER, ApiKeyDoc, TaskDoc, TaskKind, TaskOutcome, TaskStatus
+from schemas.documents import (
+    PUBLIC_OWNER,
+    ApiKeyDoc,
+    RegionDoc,
+    TaskDoc,
+    TaskKind,
+    TaskOutcome,
+    TaskStatus,
+)
 from store.id_blocks import IdBlocks
-from store.port import API_KEYS, EXPIRING, TASKS, DuplicateId, Expiring, FileMissing, Store, StoreError
+from store.port import (
+    API_KEYS,
+    EXPIRING,
+    REGIONS,
+    TASKS,
+    DuplicateId,
+    Expiring,
+    FileMissing,
+    Store,
+    StoreError,
+)
 
 ALICE = "alice"
 BOB = "bob"
@@ -23,6 +41,20 @@ def task(doc_id: str, owner: str = ALICE, kind: TaskKind = TaskKind.INFERENCE) -
 
 def api_key(doc_id: str, owner: str = ALICE, name: str = "") -> ApiKeyDoc:
     return ApiKeyDoc(id=doc_id, owner=owner, tenant=owner, name=name)
+
+
+def region(doc_id: str, source_id: str, owner: str = ALICE) -> RegionDoc:
+    return RegionDoc(
+        id=doc_id,
+        owner=owner,
+        project_id="p",
+        source_id=source_id,
+        tag_id="t",
+        left=0.1,
+        top=0.2,
+        width=0.3,
+        height=0.4,
+    )
 
 
 def outcome(task_id: str, status: TaskStatus = TaskStatus.SUCCESS, **fields: object) -> TaskOutcome:
@@ -190,6 +222,37 @@ class StoreContract:
         assert [doc.id for doc in (await store.find(TASKS, owners=[ALICE])).items] == ["1", "2"]
         with pytest.raises(DuplicateId):
             await store.insert_together([(API_KEYS, [api_key("k2")]), (TASKS, [task("2")])])
+
+    async def test_replace_where_swaps_the_owners_matches_for_new_documents(self, store: Store) -> None:
+        await store.insert_many(
+            REGIONS, [region("1", "s"), region("2", "s"), region("3", "other"), region("4", "s", owner=BOB)]
+        )
+        new = [region("5", "s"), region("6", "s")]
+        assert await store.replace_where(REGIONS, owner=ALICE, where={"source_id": "s"}, docs=new) == 2
+        page = await store.find(REGIONS, owners=[ALICE, BOB])
+        assert [doc.id for doc in page.items] == ["3", "4", "5", "6"]
+        assert await store.get_many(REGIONS, ["5", "6"], owners=[ALICE]) == new
+        # No documents: the matches are only deleted.
+        assert await store.replace_where(REGIONS, owner=ALICE, where={"source_id": "s"}, docs=[]) == 2
+        assert [doc.id for doc in (await store.find(REGIONS, owners=[ALICE, BOB])).items] == ["3", "4"]
+
+    async def test_replace_where_with_an_existing_id_changes_nothing(self, store: Store) -> None:
+        await store.insert_many(REGIONS, [region("1", "s"), region("2", "other")])
+        with pytest.raises(DuplicateId):
+            await store.replace_where(
+                REGIONS, owner=ALICE, where={"source_id": "s"}, docs=[region("3", "s"), region("2", "s")]
+            )
+        page = await store.find(REGIONS, owners=[ALICE])
+        assert [(doc.id, doc.source_id) for doc in page.items] == [("1", "s"), ("2", "other")]
+
+    async def test_concurrent_replacements_leave_one_whole_set(self, store: Store) -> None:
+        await store.insert_many(REGIONS, [region("old1", "s"), region("old2", "s")])
+        sets = [[region(f"{n}.{i}", "s") for i in range(3)] for n in range(6)]
+        await asyncio.gather(
+            *(store.replace_where(REGIONS, owner=ALICE, where={"source_id": "s"}, docs=d) for d in sets)
+        )
+        left = sorted(doc.id for doc in (await store.find(REGIONS, owners=[ALICE])).items)
+        assert left in [sorted(doc.id for doc in docs) for docs in sets]
 
     async def test_delete_many_removes_only_the_owners_listed_documents(self, store: Store) -> None:
         for doc_id, owner in [("1", ALICE), ("2", ALICE), ("3", ALICE), ("4", BOB)]:

@@ -16,8 +16,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from store.mongo import MongoStore
 from store.mongo_files import CollectionFiles, GridFsFiles, files_for
-from store.port import EXPIRING, StoreUnavailable
-from tests.store.contract import StoreContract
+from store.port import EXPIRING, REGIONS, StoreUnavailable
+from tests.store.contract import ALICE, StoreContract, region
 
 SERVER_URL = os.environ.get("PERCEPT_STORE_URL", "")
 
@@ -39,7 +39,9 @@ class TestMongomockContract(StoreContract):
     @pytest.fixture
     async def store(self, _mongomock_takes_update_sort: None) -> AsyncIterator[MongoStore]:
         # A fresh client is a fresh in-memory server; it stands in for PyMongo's AsyncDatabase.
-        opened = MongoStore(cast(AsyncDatabase[Any], AsyncMongoMockClient()["percept_test"]))
+        # mongomock has no transactions (nor the `hello` command that asks): it is run as a standalone.
+        db = cast(AsyncDatabase[Any], AsyncMongoMockClient()["percept_test"])
+        opened = MongoStore(db, transactions=False)
         await opened.ensure_indexes()
         yield opened
         await opened.close()
@@ -85,3 +87,22 @@ async def test_retention_makes_ttl_indexes_on_expiring_collections() -> None:
         indexes = await db[expiring.collection.name].index_information()
         assert indexes["expiry"]["expireAfterSeconds"] == 86_400, expiring.collection.name
         assert indexes["expiry"]["key"] == [("_expires_from", 1)]
+
+
+async def test_a_standalone_replacement_overtaken_by_a_later_one_withdraws() -> None:
+    """Without transactions, a replacement whose documents are inserted after a later replacement (higher
+    sequence numbers) already deleted the older ones must withdraw its own, or both sets would stay."""
+    db = cast(AsyncDatabase[Any], AsyncMongoMockClient()["percept_standalone"])
+    store = MongoStore(db, transactions=False)
+    await store.ensure_indexes()
+    # What the later replacement left: its documents, numbered beyond anything this one will reserve.
+    later = region("later", "s").model_dump(mode="json", exclude={"id"})
+    await db[REGIONS.name].insert_one({"_id": "later", "seq": 10**9, **later})
+    await store.insert(REGIONS, region("older", "s"))
+
+    deleted = await store.replace_where(
+        REGIONS, owner=ALICE, where={"source_id": "s"}, docs=[region("mine", "s")]
+    )
+
+    assert deleted == 1  # the document inserted before it
+    assert [doc.id for doc in (await store.find(REGIONS, owners=[ALICE])).items] == ["later"]
