@@ -21,8 +21,8 @@ class DiskFiles:
         self._root = root
 
     # Model files can be large: the blocking file calls run in a worker thread, off the event loop.
-    async def put(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(self._put, self._root / check_key(key), data)
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        await asyncio.to_thread(self._put, self._root / check_key(key), data, durable)
 
     async def get(self, key: str) -> bytes:
         try:
@@ -34,15 +34,17 @@ class DiskFiles:
         return await asyncio.to_thread(self._delete, check_prefix(prefix))
 
     @staticmethod
-    def _put(target: Path, data: bytes) -> None:
+    def _put(target: Path, data: bytes, durable: bool) -> None:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             descriptor, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
             try:
                 with os.fdopen(descriptor, "wb") as out:
                     out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())  # the rename must not become visible before the bytes are durable
+                    if durable:
+                        out.flush()
+                        # The rename must not become visible before the bytes are durable.
+                        os.fsync(out.fileno())
                 os.replace(temp, target)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):

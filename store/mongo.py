@@ -284,7 +284,8 @@ class MongoStore(Store):
             result = await self._db[TASKS.name].bulk_write(requests, ordered=True)
         return result.modified_count
 
-    async def put_file(self, key: str, data: bytes) -> None:
+    async def put_file(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        # GridFS writes are as durable as the database's write concern makes them, whatever `durable` says.
         with _reachable():
             await self._files.put(key, data)
 
