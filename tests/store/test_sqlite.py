@@ -54,7 +54,7 @@ def _allocate(path: Path, count: int) -> list[int]:
 
 def test_next_id_is_unique_across_processes(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
-    # spawn, not fork: the parent holds event-loop and aiosqlite threads that a fork would copy half-way.
+    # spawn, not fork: the parent holds event-loop and SQLite threads that a fork would copy half-way.
     with multiprocessing.get_context("spawn").Pool(3) as pool:
         runs = pool.starmap(_allocate, [(path, 30)] * 3)
     assert all(run == sorted(run) for run in runs)
