@@ -27,6 +27,7 @@ from store.codec import (
     apply_changes,
     check_page,
     check_where,
+    encode,
     expectation_met,
     finished_fields,
     json_datetime,
@@ -236,7 +237,7 @@ class SqliteStore(Store):
         return range(last - count + 1, last + 1)
 
     async def insert(self, collection: Collection[D], doc: D) -> None:
-        body = json.dumps(doc.model_dump(mode="json"))
+        body = encode(doc)
         try:
             await self._change(
                 f"INSERT INTO {_table(collection)} (id, owner, body) VALUES (?, ?, ?)",
@@ -248,7 +249,7 @@ class SqliteStore(Store):
     async def insert_many(self, collection: Collection[D], docs: Sequence[D]) -> None:
         if not docs:
             return
-        rows = [(doc.id, doc.owner, json.dumps(doc.model_dump(mode="json"))) for doc in docs]
+        rows = [(doc.id, doc.owner, encode(doc)) for doc in docs]
         try:
             # One transaction: all rows or, on a duplicate, none.
             await self._run(
@@ -266,7 +267,7 @@ class SqliteStore(Store):
         statements = [
             (
                 f"INSERT INTO {_table(collection)} (id, owner, body) VALUES (?, ?, ?)",
-                [(doc.id, doc.owner, json.dumps(doc.model_dump(mode="json"))) for doc in docs],
+                [(doc.id, doc.owner, encode(doc)) for doc in docs],
             )
             for collection, docs in batches
             if docs
@@ -353,7 +354,7 @@ class SqliteStore(Store):
                 updated = apply_changes(collection, current, changes)
                 db.execute(
                     f"UPDATE {table} SET body = ? WHERE id = ?",
-                    (json.dumps(updated.model_dump(mode="json")), doc_id),
+                    (encode(updated), doc_id),
                 )
             return updated
 
