@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 
 import pytest
+from aiohttp import BodyPartReader
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 
+from gateway.bodies import _names
 from gateway.errors import InvalidInput, PayloadTooLarge, from_validation_error
 from gateway.images import job_image, sniff_format
 from gateway.unflatten import unflatten
@@ -70,3 +73,25 @@ def test_validation_errors_name_the_field_in_client_terms() -> None:
     error = from_validation_error(caught.value)
     assert error.field == "inputs[0].image.bbox.xmin"
     assert error.status == 400
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        'form-data; name="inputs[0]image.source"; filename="photo.jpg"',
+        'form-data; name="show_discarded"',
+        "form-data; name=max_predictions",
+        'form-data; name="a\\"b"; filename="c\\\\d.png"',
+        "form-data; name=\"x\"; filename*=UTF-8''caf%C3%A9.jpg",
+        'form-data; filename="only-a-file.jpg"',
+        "form-data",
+        None,
+    ],
+)
+def test_part_names_are_those_aiohttp_gives(disposition: str | None) -> None:
+    # The gateway parses Content-Disposition once (cached) instead of through BodyPartReader's properties.
+    headers = CIMultiDictProxy(
+        CIMultiDict({} if disposition is None else {"Content-Disposition": disposition})
+    )
+    part = BodyPartReader(b"--x", headers, None)  # type: ignore[arg-type]  # no content: only headers are read
+    assert _names(disposition) == (part.name, part.filename)
