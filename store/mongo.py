@@ -297,6 +297,12 @@ class MongoStore(Store):
         with _reachable():
             return await self._files.delete(prefix)
 
+    async def delete_file_keys(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        with _reachable():
+            return await self._files.delete_keys(keys)
+
     async def ping(self) -> None:
         with _reachable():
             await self._db.command("ping")

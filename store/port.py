@@ -245,6 +245,11 @@ class Store(ABC):
     async def delete_files(self, prefix: str) -> int: ...
 
     @abstractmethod
+    async def delete_file_keys(self, keys: Sequence[str]) -> int:
+        """Delete exactly the files `keys` name (not by prefix), in one call; missing ones are skipped.
+        Returns how many were deleted. For many small files: the outbox's bodies, deleted by the burst."""
+
+    @abstractmethod
     async def ping(self) -> None:
         """Raises StoreUnavailable when the database cannot answer."""
 

@@ -419,6 +419,9 @@ class SqliteStore(Store):
     async def delete_files(self, prefix: str) -> int:
         return await self._files.delete(prefix)
 
+    async def delete_file_keys(self, keys: Sequence[str]) -> int:
+        return await self._files.delete_keys(keys)
+
     async def ping(self) -> None:
         await self._fetch("SELECT 1", ())
 
