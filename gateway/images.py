@@ -97,7 +97,8 @@ def _inline(source: str | bytes, field: str) -> _Inline | None:
     if isinstance(source, bytes):
         return _of_bytes(source)
     text = source.strip()
-    if text.lower().startswith(("http://", "https://")):
+    # Only the scheme is lowered: lowering a whole 127 KB base64 text cost 2% of the gateway (perf).
+    if text[:8].lower().startswith(("http://", "https://")):
         return None
     match = _DATA_URI.match(text)
     if match:
