@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +37,8 @@ from schemas.specs import SpecOutput
 from schemas.versions import PostProcessing
 from store.factory import open_store
 from store.port import NETWORKS, SPECS, VERSIONS
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 MODEL = next(
     each for each in MODELS if each.key == "mobilenet_v2"
@@ -103,6 +107,21 @@ async def seed_version(store_path: Path, data_dir: Path) -> str:
         await store.close()
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of process `pid`'s main thread and of its other threads (the store's, the
+    executor's): how much of the gateway's cost is handed to threads rather than run on the event loop."""
+    main = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            spent = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+            if int(task.name) == pid:
+                main += spent
+            else:
+                others += spent
+    return {"main_thread": main, "other_threads": others}
+
+
 async def _measure_form(
     session: aiohttp.ClientSession,
     cluster: Cluster,
@@ -119,13 +138,20 @@ async def _measure_form(
         await percept.submit(version_id, body)
 
     await run_load(send, bodies, concurrency=concurrency, requests=warm_up)
-    before = await snapshot(session, cluster.pids(), [])
+    gateway = cluster.pids()["gateway"]
+    threads_before, before = thread_cpu_seconds(gateway), await snapshot(session, cluster.pids(), [])
     load = await run_load(send, bodies, concurrency=concurrency, requests=requests)
-    after = await snapshot(session, cluster.pids(), [])
+    threads_after, after = thread_cpu_seconds(gateway), await snapshot(session, cluster.pids(), [])
     await cluster.purge_queues()
     spent = usage(before, after, images=requests - load.errors, elapsed_s=load.elapsed_s)
     return {
         "gateway_cpu_ms_per_request": spent.get("cpu_ms_per_image", {}).get("gateway"),
+        "gateway_threads_cpu_ms_per_request": {
+            name: round(
+                (threads_after[name] - threads_before[name]) * 1000 / max(1, requests - load.errors), 2
+            )
+            for name in threads_after
+        },
         "broker_cpu_ms_per_request": spent.get("cpu_ms_per_image", {}).get("broker"),
         "load_generator_cpu_ms_per_request": spent.get("cpu_ms_per_image", {}).get("load_generator"),
         "requests_per_s": round((requests - load.errors) / load.elapsed_s, 1),

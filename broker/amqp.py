@@ -317,43 +317,70 @@ class AmqpBroker(Broker):
             except KeyError as exc:
                 raise BrokerError(str(exc)) from None
             sent_headers[DUE_HEADER] = _now_ms() + round(delay_s * 1000)
-        message = aio_pika.Message(
-            body,
-            headers=sent_headers,
-            message_id=message_id,
-            reply_to=reply_to,
-            correlation_id=correlation_id,
+        # The properties aio_pika.Message would give, built directly: the Message object cost 24 us a
+        # publish, the properties 1 us, on every job the gateway accepts.
+        properties = Basic.Properties(
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
+            priority=0,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            message_id=message_id,
+            headers=sent_headers,
         )
-        await self._send(queue, routing_key, message)
+        _, _, exchange = self._connected()
+        await self._confirmed(
+            exchange, body, properties, routing_key, mandatory=True, what=f"publish to {queue}"
+        )
 
     async def _send(self, queue: str, routing_key: str, message: aio_pika.Message) -> None:
         _, _, exchange = self._connected()
-        await self._confirmed(exchange, message, routing_key, mandatory=True, what=f"publish to {queue}")
+        await self._confirmed(
+            exchange,
+            message.body,
+            message.properties,
+            routing_key,
+            mandatory=True,
+            what=f"publish to {queue}",
+        )
 
     async def _send_direct(self, message: aio_pika.Message, queue: str) -> None:
         _, channel, _ = self._connected()
         await self._confirmed(
-            channel.default_exchange, message, queue, mandatory=True, what=f"send to {queue}"
+            channel.default_exchange,
+            message.body,
+            message.properties,
+            queue,
+            mandatory=True,
+            what=f"send to {queue}",
         )
 
     async def _confirmed(
         self,
         exchange: AbstractExchange,
-        message: aio_pika.Message,
+        body: bytes,
+        properties: Basic.Properties,
         routing_key: str,
         *,
         mandatory: bool,
         what: str,
     ) -> None:
+        """Publish through `exchange` (of the publisher channel) and wait for the broker's confirm."""
         _, channel, _ = self._connected()
         try:
             async with asyncio.timeout(self._timeout):
                 # While reconnecting this waits for the connection and the re-declared topology.
                 await channel.ready()
+                # What exchange.publish does, without needing an aio_pika.Message (see publish).
+                underlay = await channel.get_underlay_channel()
                 # mandatory + on_return_raises: an unroutable message raises instead of vanishing.
-                await exchange.publish(message, routing_key=routing_key, mandatory=mandatory)
+                await underlay.basic_publish(
+                    body,
+                    exchange=exchange.name,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=mandatory,
+                )
         except DeliveryError as exc:
             # A nack (not a return: PublishError) is a bounded queue refusing the message: it is full.
             if not isinstance(exc, PublishError) and isinstance(exc.frame, Basic.Nack):
@@ -372,7 +399,12 @@ class AmqpBroker(Broker):
         )
         # Not mandatory: a producer that left took its reply queue along, and its answer has nowhere to go.
         await self._confirmed(
-            channel.default_exchange, message, reply_to, mandatory=False, what=f"reply to {reply_to}"
+            channel.default_exchange,
+            message.body,
+            message.properties,
+            reply_to,
+            mandatory=False,
+            what=f"reply to {reply_to}",
         )
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:

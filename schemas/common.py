@@ -53,7 +53,17 @@ def _from_base64(value: object) -> object:
     return value
 
 
+class Base64Text(bytes):
+    """Bytes that are already canonical base64 text (exactly what b64encode would give for the bytes they
+    stand for): an InlineBytes field holding them is written to JSON as they are. The gateway keeps a
+    client's clean base64 image this way instead of decoding it and encoding it again for the job message
+    (0.45 ms for a 95 KB JPEG). In Python they are the text, not the image: only JSON readers see the
+    image."""
+
+
 def _to_base64(value: bytes) -> str:
+    if isinstance(value, Base64Text):
+        return value.decode("ascii")
     return base64.b64encode(value).decode("ascii")
 
 

@@ -22,7 +22,11 @@ KEYS_OWNER = "keys"  # API keys are looked up before the tenant is known
 
 
 class Document(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Stored as JSON by model_dump_json (the SQLite adapter): a non-finite float (a multipart field may say
+    # "NaN") is written as the string "NaN" / "Infinity", which reads back as the same float. The default,
+    # null, would not read back into a float field; json.dumps's bare NaN is not JSON, and SQLite's JSON
+    # functions then refuse every query that reads the row.
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="strings")
 
     id: str
     owner: str

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from schemas.common import utc_now
-from schemas.documents import TaskOutcome, TaskStatus
+from schemas.documents import Document, TaskOutcome, TaskStatus
 from store.port import Collection, D, Where
 
 JsonScalar = str | int | bool | None
@@ -48,6 +48,12 @@ def finished_fields(outcome: TaskOutcome) -> dict[str, Any]:
     fields = outcome.model_dump(mode="json", include={"status", "data", "error"})
     fields["date_updated"] = json_datetime(utc_now())
     return fields
+
+
+def encode(doc: Document) -> str:
+    """A document as the SQLite adapter stores it: pydantic's own JSON, which is valid JSON even for
+    non-finite floats (Document's ser_json_inf_nan), and about a fifth of json.dumps(model_dump())'s cost."""
+    return doc.model_dump_json()
 
 
 def json_datetime(moment: datetime) -> str:

@@ -10,19 +10,28 @@ import asyncio
 import contextlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from store.keys import check_key, check_prefix
 from store.port import FileMissing, StoreError
+
+_INLINE_WRITE_BYTES = 1024 * 1024
 
 
 class DiskFiles:
     def __init__(self, root: Path) -> None:
         self._root = root
 
-    # Model files can be large: the blocking file calls run in a worker thread, off the event loop.
-    async def put(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(self._put, self._root / check_key(key), data)
+    # Model files can be large: the blocking file calls run in a worker thread, off the event loop. A small
+    # unflushed write only copies into the page cache (about 0.1 ms for the 127 KB of an outbox body), and
+    # the hop to a thread cost about half as much CPU again: those run on the loop.
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        target = self._root / check_key(key)
+        if not durable and len(data) <= _INLINE_WRITE_BYTES:
+            self._put(target, data, durable)
+        else:
+            await asyncio.to_thread(self._put, target, data, durable)
 
     async def get(self, key: str) -> bytes:
         try:
@@ -33,16 +42,32 @@ class DiskFiles:
     async def delete(self, prefix: str) -> int:
         return await asyncio.to_thread(self._delete, check_prefix(prefix))
 
+    async def delete_keys(self, keys: Sequence[str]) -> int:
+        """Each file by its name, in one trip to a thread: no folder listing, unlike `delete`."""
+        targets = [self._root / check_key(key) for key in keys]
+        return await asyncio.to_thread(self._unlink_each, targets) if targets else 0
+
     @staticmethod
-    def _put(target: Path, data: bytes) -> None:
+    def _unlink_each(targets: Sequence[Path]) -> int:
+        deleted = 0
+        for target in targets:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                target.unlink()
+                deleted += 1
+        return deleted
+
+    @staticmethod
+    def _put(target: Path, data: bytes, durable: bool) -> None:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             descriptor, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
             try:
                 with os.fdopen(descriptor, "wb") as out:
                     out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())  # the rename must not become visible before the bytes are durable
+                    if durable:
+                        out.flush()
+                        # The rename must not become visible before the bytes are durable.
+                        os.fsync(out.fileno())
                 os.replace(temp, target)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):

@@ -341,7 +341,8 @@ class MongoStore(Store):
             result = await self._db[TASKS.name].bulk_write(requests, ordered=True)
         return result.modified_count
 
-    async def put_file(self, key: str, data: bytes) -> None:
+    async def put_file(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        # GridFS writes are as durable as the database's write concern makes them, whatever `durable` says.
         with _reachable():
             await self._files.put(key, data)
 
@@ -352,6 +353,12 @@ class MongoStore(Store):
     async def delete_files(self, prefix: str) -> int:
         with _reachable():
             return await self._files.delete(prefix)
+
+    async def delete_file_keys(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        with _reachable():
+            return await self._files.delete_keys(keys)
 
     async def ping(self) -> None:
         with _reachable():

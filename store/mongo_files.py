@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from gridfs import AsyncGridFSBucket
@@ -28,6 +29,8 @@ class FileStore(Protocol):
         ...
 
     async def delete(self, prefix: str) -> int: ...
+
+    async def delete_keys(self, keys: Sequence[str]) -> int: ...
 
 
 def files_for(db: AsyncDatabase[Any]) -> FileStore:
@@ -70,6 +73,14 @@ class GridFsFiles:
                 deleted.add(stored.filename)
         return len(deleted)  # keys, not revisions
 
+    async def delete_keys(self, keys: Sequence[str]) -> int:
+        deleted: set[str] = set()
+        async for stored in self._bucket.find({"filename": {"$in": [check_key(key) for key in keys]}}):
+            with contextlib.suppress(NoFile):
+                await self._bucket.delete(stored._id)
+                deleted.add(stored.filename)
+        return len(deleted)
+
 
 class CollectionFiles:
     """One `{_id: key, data: bytes}` document per file: fine for tests, capped at 16 MB per file."""
@@ -88,4 +99,8 @@ class CollectionFiles:
 
     async def delete(self, prefix: str) -> int:
         result = await self._files.delete_many({"_id": _starting_with(prefix)})
+        return result.deleted_count
+
+    async def delete_keys(self, keys: Sequence[str]) -> int:
+        result = await self._files.delete_many({"_id": {"$in": [check_key(key) for key in keys]}})
         return result.deleted_count

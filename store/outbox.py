@@ -5,6 +5,11 @@ forever (and a client retrying with the same `Idempotency-Key` would be handed t
 recorded first; once the broker confirms it, the record is deleted, lazily and in bulk, off the request path.
 The consumers' maintenance re-publishes records older than a grace period whose task is still pending: a job
 may then be queued twice, which the consumers absorb (a finished task is never run or written again).
+
+Bodies longer than the store's `outbox_inline_bytes` are files, written without flushing them to disk: they
+must outlive the process, as a crash between recording and confirming is what the outbox is for, not the
+machine's power (SQLite's commits at synchronous=NORMAL do not either). A pending task whose body was lost
+anyway ends in error rather than staying pending.
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from datetime import timedelta
 import structlog
 
 from schemas.common import utc_now
-from schemas.documents import OUTBOX_OWNER, OutboxDoc, TaskStatus
+from schemas.documents import OUTBOX_OWNER, OutboxDoc, TaskOutcome, TaskStatus
 from store.port import OUTBOX, TASKS, FileMissing, Store, StoreUnavailable, outbox_file_key
 
 log = structlog.get_logger("outbox")
 
-# Larger bodies go to the file store: a MongoDB document holds at most 16 MB, and big rows slow SQLite down.
+# Larger bodies always go to the file store (a MongoDB document holds at most 16 MB); the store may set a
+# lower bound (Store.outbox_inline_bytes).
 INLINE_BODY_BYTES = 1024 * 1024
+LOST_BODY_ERROR = "its job was lost before it was queued; submit it again"
 _FLUSH_EVERY_S = 0.1
 
 
@@ -43,20 +50,23 @@ def entry_for(*, queue: str, message_id: str, task_id: str, task_owner: str, bod
 
 
 async def store_large_bodies(store: Store, unsent: Sequence[Unsent]) -> None:
-    """The bodies too large to keep inline, as files: before their records are stored, which must happen
-    before (or in one write with, records first: Store.insert_together) their tasks'."""
+    """The bodies too large to keep inline in this store, as files: before their records are stored, which
+    must happen before (or in one write with, records first: Store.insert_together) their tasks'."""
     for item in unsent:
-        if item.entry.file_key is not None:
-            await store.put_file(item.entry.file_key, item.body)
+        entry = item.entry
+        if entry.file_key is None and len(item.body) > store.outbox_inline_bytes:
+            entry.body, entry.file_key = None, outbox_file_key(entry.id)
+        if entry.file_key is not None:
+            await store.put_file(entry.file_key, item.body, durable=False)
 
 
 async def delete(store: Store, entries: Sequence[OutboxDoc]) -> None:
     if not entries:
         return
     await store.delete_many(OUTBOX, [entry.id for entry in entries], owner=OUTBOX_OWNER)
-    for entry in entries:
-        if entry.file_key is not None:
-            await store.delete_files(entry.file_key)
+    # By exact key, in one call: deleting each by prefix listed the folder of every other unconfirmed body,
+    # which grew faster than the cleaner could list it at a few hundred submissions a second.
+    await store.delete_file_keys([entry.file_key for entry in entries if entry.file_key is not None])
 
 
 async def stale(store: Store, *, older_than: timedelta, limit: int = 500) -> list[Unsent]:
@@ -71,15 +81,24 @@ async def stale(store: Store, *, older_than: timedelta, limit: int = 500) -> lis
     owners = sorted({entry.task_owner for entry in entries})
     found = await store.get_many(TASKS, sorted({entry.task_id for entry in entries}), owners=owners)
     pending = {(task.id, task.owner) for task in found if task.status is TaskStatus.PENDING}
-    unsent, settled = [], []
+    unsent, settled, lost = [], [], []
     for entry in entries:
         # A record without a task: the process died between the two writes, and no client was answered.
-        body = await _body(store, entry) if (entry.task_id, entry.task_owner) in pending else None
-        if body is None:
+        if (entry.task_id, entry.task_owner) not in pending:
             settled.append(entry)
+        elif (body := await _body(store, entry)) is None:
+            lost.append(entry)
         else:
             unsent.append(Unsent(entry, body))
-    await delete(store, settled)
+    if lost:
+        # Nothing can run these tasks any more: say so, rather than leave them pending for good.
+        await store.finish_tasks(
+            [
+                TaskOutcome(task_id=entry.task_id, status=TaskStatus.ERROR, error=LOST_BODY_ERROR)
+                for entry in lost
+            ]
+        )
+    await delete(store, [*settled, *lost])
     return unsent
 
 

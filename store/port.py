@@ -136,6 +136,10 @@ Batch = tuple[Collection[Any], Sequence[Document]]
 class Store(ABC):
     """Documents are scoped by owner: reads take the owners a caller may see, writes the one it acts as."""
 
+    # Outbox bodies (store.outbox) longer than this are kept as files, not inline in their records. A
+    # MongoDB document holds at most 16 MB, and a file costs it more round trips than an inline body.
+    outbox_inline_bytes = 1024 * 1024
+
     @abstractmethod
     async def next_id(self, counter: str) -> str:
         """A decimal string, strictly increasing per counter, unique across processes sharing the store."""
@@ -240,7 +244,12 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def put_file(self, key: str, data: bytes) -> None: ...
+    async def put_file(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Store `data` under `key`, replacing any file there; readers see the old bytes or the new, whole.
+
+        `durable=False`: the bytes must survive this process, not necessarily the machine's power (as the
+        SQLite adapter's own commits may not); an adapter may then skip flushing them to disk.
+        """
 
     @abstractmethod
     async def get_file(self, key: str) -> bytes:
@@ -248,6 +257,11 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_files(self, prefix: str) -> int: ...
+
+    @abstractmethod
+    async def delete_file_keys(self, keys: Sequence[str]) -> int:
+        """Delete exactly the files `keys` name (not by prefix), in one call; missing ones are skipped.
+        Returns how many were deleted. For many small files: the outbox's bodies, deleted by the burst."""
 
     @abstractmethod
     async def ping(self) -> None:
@@ -262,8 +276,10 @@ def network_file_key(network_id: str, path: str) -> str:
     return f"networks/{network_id}/{path}"
 
 
-def outbox_file_key(task_id: str) -> str:
-    return f"outbox/{task_id}"
+def outbox_file_key(message_id: str) -> str:
+    # The suffix keeps one key from being a prefix of another's (outbox/12 of outbox/123): files are
+    # deleted by prefix.
+    return f"outbox/{message_id}.job"
 
 
 def source_file_key(project_id: str, source_id: str) -> str:

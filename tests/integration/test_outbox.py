@@ -109,3 +109,43 @@ async def test_the_cleaner_deletes_confirmed_records_in_one_burst(store: Store) 
         assert asyncio.get_running_loop().time() < deadline, "confirmed records were not deleted"
         await asyncio.sleep(0.05)
     running.cancel()
+
+
+async def test_a_body_over_the_stores_inline_limit_is_a_file_and_is_republished(store: Store) -> None:
+    # SQLite keeps bodies of an image's size out of its rows (Store.outbox_inline_bytes), well under the
+    # limit every adapter shares.
+    assert store.outbox_inline_bytes < outbox.INLINE_BODY_BYTES
+    body = b'{"image": "' + b"y" * store.outbox_inline_bytes + b'"}'
+    await _recorded(store, "7", body, age_s=120, task=TaskStatus.PENDING)
+    [entry] = await store.sweep(OUTBOX, where={})
+    assert (entry.body, entry.file_key) == (None, outbox_file_key("7"))
+    [unsent] = await outbox.stale(store, older_than=timedelta(seconds=60))
+    assert unsent.body == body
+
+
+async def test_a_pending_task_whose_body_was_lost_ends_in_error(store: Store) -> None:
+    body = b"z" * (store.outbox_inline_bytes + 1)
+    await _recorded(store, "8", body, age_s=120, task=TaskStatus.PENDING)
+    await _recorded(store, "9", b'{"job": 9}', age_s=120, task=TaskStatus.PENDING)
+    # Unflushed files may not survive a power cut that the record survives.
+    assert await store.delete_files(outbox_file_key("8")) == 1
+
+    unsent = await outbox.stale(store, older_than=timedelta(seconds=60))
+
+    assert [item.entry.id for item in unsent] == ["9"]
+    [lost] = await store.get_many(TASKS, ["8"], owners=["t1"])
+    assert (lost.status, lost.error) == (TaskStatus.ERROR, outbox.LOST_BODY_ERROR)
+    assert [entry.id for entry in await store.sweep(OUTBOX, where={})] == ["9"]
+
+
+async def test_deleting_a_confirmed_body_keeps_those_whose_ids_extend_its_id(store: Store) -> None:
+    body = b"w" * (store.outbox_inline_bytes + 1)
+    unsent = [
+        outbox.entry_for(queue=INFERENCE.name, message_id=i, task_id=i, task_owner="t1", body=body)
+        for i in ("12", "123")
+    ]
+    await _record(store, unsent)
+    await outbox.delete(store, [unsent[0].entry])
+    assert await store.get_file(outbox_file_key("123")) == body
+    with pytest.raises(FileMissing):
+        await store.get_file(outbox_file_key("12"))

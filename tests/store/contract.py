@@ -390,6 +390,19 @@ class StoreContract:
         with pytest.raises(StoreError):
             await store.delete_files(prefix)
 
+    async def test_files_deleted_by_exact_key(self, store: Store) -> None:
+        for key in ("outbox/1.job", "outbox/12.job", "outbox/123.job", "outbox/12.job.more"):
+            await store.put_file(key, key.encode())
+        assert await store.delete_file_keys(["outbox/12.job", "outbox/1.job", "outbox/missing.job"]) == 2
+        assert await store.delete_file_keys([]) == 0
+        for gone in ("outbox/1.job", "outbox/12.job"):
+            with pytest.raises(FileMissing):
+                await store.get_file(gone)
+        for kept in ("outbox/123.job", "outbox/12.job.more"):
+            assert await store.get_file(kept) == kept.encode()
+        with pytest.raises(StoreError):
+            await store.delete_file_keys(["../escape"])
+
     async def test_ping_answers(self, store: Store) -> None:
         await store.ping()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import sqlite3
 from collections.abc import AsyncIterator
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 
 import store.sqlite
+from schemas.documents import AttemptResult, WebhookAttemptDoc
+from schemas.webhooks import WebhookEvent
 from store.id_blocks import IdBlocks
-from store.port import TASKS, StoreUnavailable
+from store.port import TASKS, WEBHOOK_ATTEMPTS, StoreUnavailable
 from store.sqlite import SqliteStore
 from tests.store.contract import ALICE, StoreContract, task
 
@@ -54,7 +57,7 @@ def _allocate(path: Path, count: int) -> list[int]:
 
 def test_next_id_is_unique_across_processes(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
-    # spawn, not fork: the parent holds event-loop and aiosqlite threads that a fork would copy half-way.
+    # spawn, not fork: the parent holds event-loop and SQLite threads that a fork would copy half-way.
     with multiprocessing.get_context("spawn").Pool(3) as pool:
         runs = pool.starmap(_allocate, [(path, 30)] * 3)
     assert all(run == sorted(run) for run in runs)
@@ -123,3 +126,35 @@ async def test_files_are_written_atomically_under_the_files_folder(tmp_path: Pat
         assert list((tmp_path / "files").iterdir()) == []  # emptied folders go too
     finally:
         await opened.close()
+
+
+async def test_non_finite_floats_are_stored_as_json_strings_and_read_back_as_floats(tmp_path: Path) -> None:
+    # A bare NaN (json.dumps) is not JSON: SQLite's JSON functions refused the row, and with it every filtered
+    # query over the table (and its expiry index refused the insert). null would not read back as a float.
+    opened = await SqliteStore.open(tmp_path / "db.sqlite3", tmp_path / "files")
+    attempt = WebhookAttemptDoc(
+        id="m.1",
+        owner=ALICE,
+        message_id="m",
+        endpoint_id=None,
+        task_id="1",
+        event=WebhookEvent.TASK_FAILED,
+        url="http://example.test/hook",
+        attempt=1,
+        result=AttemptResult.RETRYING,
+        duration_ms=math.nan,
+        next_attempt_s=-math.inf,
+    )
+    try:
+        await opened.insert(WEBHOOK_ATTEMPTS, attempt)
+        page = await opened.find(WEBHOOK_ATTEMPTS, owners=[ALICE], where={"task_id": "1"})
+    finally:
+        await opened.close()
+    [found] = page.items
+    assert math.isnan(found.duration_ms)
+    assert found.next_attempt_s == -math.inf
+    with sqlite3.connect(tmp_path / "db.sqlite3") as raw:
+        [(stored,)] = raw.execute(
+            "SELECT json_extract(body, '$.duration_ms') FROM webhook_attempts"
+        ).fetchall()
+    assert stored == "NaN"

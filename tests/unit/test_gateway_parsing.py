@@ -5,14 +5,18 @@ from __future__ import annotations
 import base64
 
 import pytest
+from aiohttp import BodyPartReader
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 
+from gateway.bodies import _names
 from gateway.errors import InvalidInput, PayloadTooLarge, from_validation_error
 from gateway.images import job_image, sniff_format
 from gateway.unflatten import unflatten
 from schemas.inference import ImageInput, InferenceRequest
+from schemas.messages import JobImage
 from tests.conftest import png
 
 
@@ -43,12 +47,17 @@ def test_unflatten_keeps_flat_fields(fields: dict[str, str]) -> None:
     assert unflatten(list(fields.items())) == fields
 
 
+def _carried(image: JobImage) -> bytes | None:
+    """The image bytes a consumer reads from the job (clean base64 is carried as the client sent it)."""
+    return JobImage.model_validate_json(image.model_dump_json()).data
+
+
 def test_sources_become_bytes_or_urls_without_decoding() -> None:
     image = png((1, 2, 3))
     encoded = base64.b64encode(image).decode()
-    assert job_image(ImageInput(source=encoded), field="f", max_bytes=10**6).data == image
+    assert _carried(job_image(ImageInput(source=encoded), field="f", max_bytes=10**6)) == image
     uri = "data:image/png;base64," + encoded
-    assert job_image(ImageInput(source=uri), field="f", max_bytes=10**6).data == image
+    assert _carried(job_image(ImageInput(source=uri), field="f", max_bytes=10**6)) == image
     assert job_image(ImageInput(source=image), field="f", max_bytes=10**6).data == image
     assert job_image(ImageInput(source=" http://x/y.jpg"), field="f", max_bytes=10**6).url == "http://x/y.jpg"
     with pytest.raises(PayloadTooLarge):
@@ -70,3 +79,25 @@ def test_validation_errors_name_the_field_in_client_terms() -> None:
     error = from_validation_error(caught.value)
     assert error.field == "inputs[0].image.bbox.xmin"
     assert error.status == 400
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        'form-data; name="inputs[0]image.source"; filename="photo.jpg"',
+        'form-data; name="show_discarded"',
+        "form-data; name=max_predictions",
+        'form-data; name="a\\"b"; filename="c\\\\d.png"',
+        "form-data; name=\"x\"; filename*=UTF-8''caf%C3%A9.jpg",
+        'form-data; filename="only-a-file.jpg"',
+        "form-data",
+        None,
+    ],
+)
+def test_part_names_are_those_aiohttp_gives(disposition: str | None) -> None:
+    # The gateway parses Content-Disposition once (cached) instead of through BodyPartReader's properties.
+    headers = CIMultiDictProxy(
+        CIMultiDict({} if disposition is None else {"Content-Disposition": disposition})
+    )
+    part = BodyPartReader(b"--x", headers, None)  # type: ignore[arg-type]  # no content: only headers are read
+    assert _names(disposition) == (part.name, part.filename)
