@@ -377,15 +377,18 @@ class SqliteStore(Store):
     ) -> int:
         table = _table(collection)
         clause, params = _matching([owner], check_where(collection, where))
-        rows = [(doc.id, doc.owner, json.dumps(doc.model_dump(mode="json"))) for doc in docs]
+        rows = [(doc.id, doc.owner, encode(doc)) for doc in docs]
+
+        def replace(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                deleted = db.execute(f"DELETE FROM {table} WHERE {clause}", params).rowcount
+                db.executemany(f"INSERT INTO {table} (id, owner, body) VALUES (?, ?, ?)", rows)
+            return int(deleted)
+
         try:
-            async with self._transaction() as db:
-                async with db.execute(f"DELETE FROM {table} WHERE {clause}", params) as cursor:
-                    deleted = int(cursor.rowcount)
-                await db.executemany(f"INSERT INTO {table} (id, owner, body) VALUES (?, ?, ?)", rows)
+            return await self._run(replace)
         except sqlite3.IntegrityError as error:
             raise DuplicateId(f"{collection.name}: {error}") from error
-        return deleted
 
     async def delete_many(self, collection: Collection[D], ids: Sequence[str], *, owner: str) -> int:
         if not ids:
