@@ -8,10 +8,9 @@ both jobs must end with their own counts, and a source's prediction in the layer
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -35,31 +34,13 @@ from schemas.networks import ImagePreprocessing, InputPreprocessing, Preprocessi
 from store.factory import open_store
 from store.port import BATCH_JOBS, PREDICTIONS, SOURCES, TASKS, Store
 from tests.conftest import png
+from tests.integration.test_batch_dispatch import FakeDelivery
 
 OWNER = "tenant"
 LAYER = "7"
 OLDER, NEWER = "900", "901"  # job ids come from one increasing counter: 901 was created after 900
 SOURCES_OF = {OLDER: ["0", "1", "2", "3", "4"], NEWER: ["2", "3", "4", "5", "6"]}
 SHARED = ["2", "3", "4"]
-
-
-@dataclass
-class _Delivery(Delivery):
-    body: bytes
-    delivery_count: int = 1
-    headers: Mapping[str, Any] = field(default_factory=dict)
-    message_id: str | None = None
-    reply_to: str | None = None
-    correlation_id: str | None = None
-
-    async def ack(self) -> None:
-        pass
-
-    async def reject(self, *, requeue: bool) -> None:
-        raise AssertionError(f"chunk rejected (requeue={requeue})")
-
-    async def dead_letter(self, reason: str) -> None:
-        raise AssertionError(f"chunk dead-lettered: {reason}")
 
 
 @dataclass
@@ -127,7 +108,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             [(BATCH_JOBS, [job]), (TASKS, [TaskDoc(id=job_id, owner=OWNER, kind=TaskKind.BATCH)])]
         )
         chunk = BatchChunk(job_id=job_id, owner=OWNER, chunk=0)
-        await worker.handle(_Delivery(chunk.model_dump_json().encode()))
+        delivery = FakeDelivery(chunk.model_dump_json().encode())
+        await worker.handle(delivery)
+        assert delivery.fate == "ack", delivery.fate
     try:
         yield Rig(store, results)
     finally:
