@@ -185,6 +185,11 @@ async def test_a_receiver_that_never_answers_does_not_hold_up_a_fast_one(rig: Ri
     assert rig.sender.most[slow.url] == 1
     assert sorted(fast.arrivals) == sorted(f"msg_task{f'f{i}'}_ep{fast_id}" for i in range(deliveries))
 
+    async def fast_recorded() -> bool:
+        # An attempt is recorded once its answer is in: after the receiver has seen the request.
+        return len(await rig.attempts(fast_id)) >= deliveries
+
+    await _until(fast_recorded)
     attempts = await rig.attempts(fast_id)
     assert len(attempts) == deliveries  # deferring a slow delivery recorded nothing for anyone
     assert {(a.attempt, a.result) for a in attempts} == {(1, AttemptResult.DELIVERED)}
