@@ -104,11 +104,12 @@ class JobReader:
 
     def _remember(self, digest: bytes, body: bytes, model: ModelRef) -> None:
         # The digest names the bytes that follow it only if they hash to it; a message written another way
-        # (keys reordered, spaces) is read in full every time.
-        text = model.model_dump_json().encode()
-        end = _MODEL_AT + len(text)
-        if body[_MODEL_AT:end] != text or body[end : end + 1] != b"," or _digest(text) != digest:
+        # (keys reordered, spaces) is read in full every time. Rendered through the per-object cache, which
+        # the engine's batches then find filled (model_json).
+        rendered = _rendered(model)
+        end = _MODEL_AT + len(rendered.text)
+        if body[_MODEL_AT:end] != rendered.text or body[end : end + 1] != b"," or rendered.digest != digest:
             return
-        self._known[digest] = (text, model)
+        self._known[digest] = (rendered.text, model)
         if len(self._known) > self._capacity:
             self._known.popitem(last=False)

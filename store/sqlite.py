@@ -171,6 +171,10 @@ def _transaction(db: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iter
     db.execute("COMMIT")
 
 
+def _insert_sql(collection: Collection[Any]) -> str:
+    return f"INSERT INTO {_table(collection)} (id, owner, body) VALUES (?, ?, ?)"
+
+
 def _insert_rows(
     db: sqlite3.Connection, statements: Sequence[tuple[str, list[tuple[str, str, str]]]]
 ) -> None:
@@ -240,7 +244,7 @@ class SqliteStore(Store):
         body = encode(doc)
         try:
             await self._change(
-                f"INSERT INTO {_table(collection)} (id, owner, body) VALUES (?, ?, ?)",
+                _insert_sql(collection),
                 (doc.id, doc.owner, body),
             )
         except sqlite3.IntegrityError as error:
@@ -255,9 +259,7 @@ class SqliteStore(Store):
             await self._run(
                 functools.partial(
                     _insert_rows,
-                    statements=[
-                        (f"INSERT INTO {_table(collection)} (id, owner, body) VALUES (?, ?, ?)", rows)
-                    ],
+                    statements=[(_insert_sql(collection), rows)],
                 )
             )
         except sqlite3.IntegrityError as error:
@@ -266,7 +268,7 @@ class SqliteStore(Store):
     async def insert_together(self, batches: Sequence[Batch]) -> None:
         statements = [
             (
-                f"INSERT INTO {_table(collection)} (id, owner, body) VALUES (?, ?, ?)",
+                _insert_sql(collection),
                 [(doc.id, doc.owner, encode(doc)) for doc in docs],
             )
             for collection, docs in batches
@@ -382,7 +384,7 @@ class SqliteStore(Store):
         def replace(db: sqlite3.Connection) -> int:
             with _transaction(db):
                 deleted = db.execute(f"DELETE FROM {table} WHERE {clause}", params).rowcount
-                db.executemany(f"INSERT INTO {table} (id, owner, body) VALUES (?, ?, ?)", rows)
+                db.executemany(_insert_sql(collection), rows)
             return int(deleted)
 
         try:
