@@ -12,7 +12,7 @@ import numpy as np
 from engine.decode import decode_image
 from engine.errors import ModelError
 from engine.postprocess import raw_tensors, recognize_data
-from engine.preprocess import ImageMeta, decode_min_side, group_by_shape, preprocess
+from engine.preprocess import ImageMeta, decode_min_side, preprocess
 from schemas.messages import InferenceJob, ModelRef
 
 if TYPE_CHECKING:  # the model runs in the engine process; the consumer only prepares its inputs
@@ -28,12 +28,12 @@ class PreparedJob:
 
 @dataclass(frozen=True)
 class RunItem:
-    """What the engine process needs of one prepared job. The job itself stays in the consumer: its model
-    reference, the same for a whole batch but for a version updated mid-batch, crosses the pipe once per
-    distinct value (with 1,000 labels it is tens of kilobytes, and pickling it per image cost more than the
-    rest of the run); `ref` is its index among the batch's references."""
+    """What the engine process needs of one prepared job but its input (which travels in shared memory:
+    consumers.engine_buffer). The job itself stays in the consumer: its model reference, the same for a whole
+    batch but for a version updated mid-batch, crosses the pipe once per distinct value (with 1,000 labels it
+    is tens of kilobytes, and pickling it per image cost more than the rest of the run); `ref` is its index
+    among the batch's references."""
 
-    example: np.ndarray
     meta: ImageMeta
     ref: int
     output_layers: list[str] | None
@@ -45,7 +45,6 @@ class RunItem:
         job = prepared.job
         return cls(
             ref=ref,
-            example=prepared.example,
             meta=prepared.meta,
             output_layers=job.output_layers,
             show_discarded=job.show_discarded,
@@ -113,16 +112,22 @@ class BatchRun:
     postprocess_s: float  # raw outputs to results, summed over the batch
 
 
-def run_batch(model: SavedModel, refs: Sequence[ModelRef], batch: Sequence[RunItem]) -> BatchRun:
-    """Runs in the engine process (consumers.engine_child)."""
-    """One forward pass per group of equal input shapes; results (or the model's error) in input order."""
+def run_batch(
+    model: SavedModel,
+    refs: Sequence[ModelRef],
+    batch: Sequence[RunItem],
+    inputs: Sequence[tuple[Sequence[int], np.ndarray]],
+) -> BatchRun:
+    """Runs in the engine process (consumers.engine_child): one forward pass per group of equally shaped
+    inputs (`inputs`: the indices in `batch` of a group, and its stacked inputs); results (or the model's
+    error) in input order."""
     results: list[dict[str, Any] | ModelError] = [ModelError("not run")] * len(batch)
     predict_s = postprocess_s = 0.0
-    for group in group_by_shape([item.example for item in batch]):
+    for group, stacked in inputs:
         started = time.perf_counter()
         try:
             input_key = _input_key(model, refs[batch[group[0]].ref])
-            outputs = model.predict({input_key: np.stack([batch[index].example for index in group])})
+            outputs = model.predict({input_key: stacked})
         except ModelError as error:
             for index in group:
                 results[index] = error

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from consumers.compute import BatchRun, RunItem
+from consumers.engine_buffer import SharedArray
 
 
 @dataclass(frozen=True)
@@ -17,11 +18,25 @@ class LoadNetwork:
 
 
 @dataclass(frozen=True)
+class InputGroup:
+    """Inputs of one shape, stacked in the batch buffer (consumers.engine_buffer), and their items."""
+
+    indices: list[int]
+    array: SharedArray
+
+
+@dataclass(frozen=True)
 class RunBatch:
     network_id: str
     folder: str
     model_refs: list[bytes]  # the distinct ModelRefs of the batch's jobs, as JSON (RunItem.ref indexes them)
     items: list[RunItem]
+    inputs: list[InputGroup]
+
+
+@dataclass(frozen=True)
+class AttachBuffer:
+    """The batch buffer's descriptor follows on the pipe's socket: map it in place of any earlier one."""
 
 
 @dataclass(frozen=True)
@@ -43,5 +58,5 @@ class Failed:
     error: str
 
 
-Request = LoadNetwork | RunBatch | DropNetwork
+Request = LoadNetwork | RunBatch | DropNetwork | AttachBuffer
 Reply = Ready | tuple[BatchRun, float] | Failed

@@ -1,8 +1,9 @@
 """The consumer's side of its engine processes (consumers.engine_child): start, call, time out, replace.
 
-Two processes at most. `main` runs the batches. `quarantine` runs a job alone after a batch it was in ended
-its process (a crash, or a stall): the culprit shows itself there without holding up the batches of everyone
-else, who go on in a fresh main process. Quarantine starts on demand and stops when idle.
+`mains` run the batches, one batch each at a time: by default one process per core, each with one TensorFlow
+thread (consumers.config says why). `quarantine` runs a job alone after a batch it was in ended its process (a
+crash, or a stall): the culprit shows itself there without holding up the batches of everyone else, who go on
+in a fresh main process. Quarantine starts on demand and stops when idle.
 
 Deadlines. TensorFlow cannot interrupt a kernel, so a run that wedges is ended by killing its process. A
 batch, and a job's first lone run, are suspected early: after ten times what this network's slowest batch
@@ -32,15 +33,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext, ForkServerProcess
+from multiprocessing.reduction import send_handle
 
+import numpy as np
 import structlog
 
 from consumers import metrics
 from consumers.compute import BatchRun, PreparedJob, RunItem
-from consumers.engine_protocol import DropNetwork, Failed, LoadNetwork, Ready, Reply, Request, RunBatch
+from consumers.engine_buffer import BatchBuffer
+from consumers.engine_protocol import (
+    AttachBuffer,
+    DropNetwork,
+    Failed,
+    InputGroup,
+    LoadNetwork,
+    Ready,
+    Reply,
+    Request,
+    RunBatch,
+)
 from consumers.forkserver import context
 from consumers.models import LoadedNetwork
 from engine.errors import ModelError
+from engine.preprocess import group_by_shape
 from schemas.job_wire import model_json
 
 log = structlog.get_logger("engines")
@@ -75,11 +90,23 @@ class EngineLost(Exception):
         self.deterministic = deterministic
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Process:
     process: ForkServerProcess
     connection: Connection
     networks: dict[str, str] = field(default_factory=dict)  # loaded here (id: folder), as replies tell
+    buffer_generation: int = 0  # of its slot's batch buffer it has mapped (0: none)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch for a slot: its inputs, grouped by shape, are placed in the slot's buffer as it is sent."""
+
+    network_id: str
+    folder: str
+    model_refs: list[bytes]
+    items: list[RunItem]
+    groups: list[tuple[list[int], list[np.ndarray]]]  # indices in `items`, and their inputs
 
 
 class PriorityLock:
@@ -111,6 +138,11 @@ class PriorityLock:
         finally:
             self._release()
 
+    @property
+    def queued(self) -> int:
+        """The holder, if any, and the waiters."""
+        return int(self._held) + len(self._waiters)
+
     def _release(self) -> None:
         while self._waiters:
             _, _, granted = heapq.heappop(self._waiters)
@@ -128,16 +160,19 @@ class EngineSlot:
         name: str,
         forkserver: ForkServerContext,
         *,
+        threads: int,
         load_deadline_s: float | None,
         spare: Spare | None = None,
     ) -> None:
         self.name = name
         self._forkserver = forkserver
+        self._threads = threads
         self._load_deadline_s = load_deadline_s
         self._spare = spare
         self._current: _Process | None = None
         self._lock = PriorityLock()
-        # Calls block on the pipe: each slot has its own thread for them.
+        self._buffer = BatchBuffer()
+        # Calls block on the pipe: each slot has its own thread for them (and for writing batches).
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
 
     @property
@@ -148,25 +183,33 @@ class EngineSlot:
     def pid(self) -> int | None:
         return self._current.process.pid if self._current is not None else None
 
+    @property
+    def queued(self) -> int:
+        """Calls running or waiting here."""
+        return self._lock.queued
+
+    def holds(self, network_id: str) -> bool:
+        return self._current is not None and network_id in self._current.networks
+
     async def start(self) -> None:
         async with self._lock.first(0):
             await self._ensure()
 
-    async def call(self, request: Request, *, deadline_s: float | None, priority: int = 0) -> Reply:
+    async def call(self, request: Request | Batch, *, deadline_s: float | None, priority: int = 0) -> Reply:
         """Calls waiting for the process go in order of `priority` (lower first), then of arrival. A batch for
         a network this process has not loaded loads it first, within `load_deadline_s`, not `deadline_s`."""
         async with self._lock.first(priority):
             current = await self._ensure()
-            if isinstance(request, RunBatch) and request.network_id not in current.networks:
+            if isinstance(request, Batch) and request.network_id not in current.networks:
                 load = LoadNetwork(request.network_id, request.folder)
                 loaded = await self._exchange(current, load, self._load_deadline_s)
                 if isinstance(loaded, Failed):
                     return loaded
             return await self._exchange(current, request, deadline_s)
 
-    async def _exchange(self, current: _Process, request: Request, deadline_s: float | None) -> Reply:
+    async def _exchange(self, current: _Process, request: Request | Batch, deadline_s: float | None) -> Reply:
         loop = asyncio.get_running_loop()
-        exchange = loop.run_in_executor(self._thread, _exchange, current.connection, request)
+        exchange = loop.run_in_executor(self._thread, self._send, current, request)
         try:
             reply = await asyncio.wait_for(asyncio.shield(exchange), timeout=deadline_s)
         except TimeoutError:
@@ -186,6 +229,20 @@ class EngineSlot:
         _note_networks(current, request, reply)
         return reply
 
+    def _send(self, current: _Process, request: Request | Batch) -> Reply:
+        """In the slot's thread: a batch's inputs go into the buffer (mapped by the process first, if it has
+        not mapped this one yet), the rest of the request down the pipe."""
+        if isinstance(request, Batch):
+            places = self._buffer.write([inputs for _, inputs in request.groups])
+            if current.buffer_generation != self._buffer.generation:
+                _attach(current, self._buffer.fd)
+                current.buffer_generation = self._buffer.generation
+            groups = [
+                InputGroup(indices, place) for (indices, _), place in zip(request.groups, places, strict=True)
+            ]
+            request = RunBatch(request.network_id, request.folder, request.model_refs, request.items, groups)
+        return _exchange(current.connection, request)
+
     async def stop_process(self) -> None:
         """End the process (it is started again on next use)."""
         async with self._lock.first(0):
@@ -197,7 +254,8 @@ class EngineSlot:
 
     async def close(self) -> None:
         await self.stop_process()
-        self._thread.shutdown(wait=False)
+        self._thread.shutdown(wait=True)
+        self._buffer.close()
 
     async def _ensure(self) -> _Process:
         if self._current is None:
@@ -207,7 +265,9 @@ class EngineSlot:
             else:
                 # The first start in a process starts the fork server (TensorFlow's import): off the loop.
                 loop = asyncio.get_running_loop()
-                self._current = await loop.run_in_executor(self._thread, _spawn, self._forkserver, self.name)
+                self._current = await loop.run_in_executor(
+                    self._thread, _spawn, self._forkserver, self.name, self._threads
+                )
             log.info(
                 "engine_started", engine=self.name, pid=self._current.process.pid, spare=spare is not None
             )
@@ -231,8 +291,9 @@ class Spare:
     next spare is prepared at once, and none is kept once losses stop for _SPARE_IDLE_S.
     """
 
-    def __init__(self, forkserver: ForkServerContext, *, load_deadline_s: float | None) -> None:
+    def __init__(self, forkserver: ForkServerContext, *, threads: int, load_deadline_s: float | None) -> None:
         self._forkserver = forkserver
+        self._threads = threads
         self._load_deadline_s = load_deadline_s
         self._networks: dict[str, str] = {}  # what a spare loads (id: folder)
         self._preparing: asyncio.Future[_Process | None] | None = None
@@ -287,7 +348,7 @@ class Spare:
 
     def _prepared(self, networks: dict[str, str]) -> _Process | None:
         """In the spare's thread: fork, load; None if the process failed to."""
-        current = _spawn(self._forkserver, "spare")
+        current = _spawn(self._forkserver, "spare", self._threads)
         try:
             for network_id, folder in networks.items():
                 current.connection.send(LoadNetwork(network_id, folder))
@@ -332,20 +393,22 @@ class Spare:
 _BACKGROUND: set[asyncio.Future[None]] = set()  # the loop keeps only weak references to tasks
 
 
-def _spawn(forkserver: ForkServerContext, name: str) -> _Process:
+def _spawn(forkserver: ForkServerContext, name: str, threads: int) -> _Process:
     ours, theirs = forkserver.Pipe()
-    process = forkserver.Process(target=_serve, args=(theirs,), name=f"percept-engine-{name}", daemon=True)
+    process = forkserver.Process(
+        target=_serve, args=(theirs, threads), name=f"percept-engine-{name}", daemon=True
+    )
     process.start()
     theirs.close()
     return _Process(process, ours)
 
 
-def _serve(connection: Connection) -> None:
+def _serve(connection: Connection, threads: int) -> None:
     """The child's entry point, named here so that the consumer never imports the child's module (and
     TensorFlow with it); in the child, forked from the fork server, that import is already done."""
     from consumers.engine_child import serve
 
-    serve(connection)
+    serve(connection, threads)
 
 
 def _exchange(connection: Connection, request: Request) -> Reply:
@@ -355,6 +418,15 @@ def _exchange(connection: Connection, request: Request) -> Reply:
     except (EOFError, OSError) as error:  # OSError: the pipe was closed under us by a kill
         raise EngineLost(str(error)) from None
     return reply
+
+
+def _attach(current: _Process, fd: int) -> None:
+    try:
+        current.connection.send(AttachBuffer())
+        send_handle(current.connection, fd, current.process.pid)
+        current.connection.recv()
+    except (EOFError, OSError) as error:
+        raise EngineLost(str(error)) from None
 
 
 def _exit_code(process: ForkServerProcess) -> int | None:
@@ -369,10 +441,10 @@ def _join(process: ForkServerProcess) -> None:
         process.join()
 
 
-def _note_networks(current: _Process, request: Request, reply: Reply) -> None:
+def _note_networks(current: _Process, request: Request | Batch, reply: Reply) -> None:
     if isinstance(request, DropNetwork):
         current.networks.pop(request.network_id, None)
-    elif not isinstance(reply, Failed):
+    elif isinstance(request, LoadNetwork | RunBatch | Batch) and not isinstance(reply, Failed):
         current.networks[request.network_id] = request.folder
 
 
@@ -393,46 +465,77 @@ def _describe(code: int | None) -> str:
 
 class Engines:
     def __init__(
-        self, *, max_run_s: float, load_timeout_s: float = 0.0, forkserver: ForkServerContext | None = None
+        self,
+        *,
+        max_run_s: float,
+        load_timeout_s: float = 0.0,
+        processes: int = 1,
+        threads: int = 1,
+        forkserver: ForkServerContext | None = None,
     ) -> None:
         """`load_timeout_s`: what a network's load may take (the deployment trial's limit, which the load
-        met once already), when longer than `max_run_s`; 0: `max_run_s`."""
+        met once already), when longer than `max_run_s`; 0: `max_run_s`. `processes`: main engine processes;
+        `threads`: TensorFlow threads in each (0: TensorFlow's default)."""
         forkserver = forkserver or context()
         self._max_run_s = max_run_s or None
         self._load_deadline_s = max(self._max_run_s, load_timeout_s) if self._max_run_s is not None else None
-        self.spare = Spare(forkserver, load_deadline_s=self._load_deadline_s)
-        self.main = EngineSlot("main", forkserver, load_deadline_s=self._load_deadline_s, spare=self.spare)
+        self.spare = Spare(forkserver, threads=threads, load_deadline_s=self._load_deadline_s)
+        self.mains = [
+            EngineSlot(
+                f"main-{index}",
+                forkserver,
+                threads=threads,
+                load_deadline_s=self._load_deadline_s,
+                spare=self.spare,
+            )
+            for index in range(processes)
+        ]
         self.quarantine = EngineSlot(
-            "quarantine", forkserver, load_deadline_s=self._load_deadline_s, spare=self.spare
+            "quarantine", forkserver, threads=threads, load_deadline_s=self._load_deadline_s, spare=self.spare
         )
         self._per_image_s: dict[str, float] = {}  # the slowest batch so far, per image, per network
         self._quarantine_idle: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
 
+    @property
+    def processes(self) -> int:
+        """Batches that can run at once."""
+        return len(self.mains)
+
     async def start(self) -> None:
-        await self.main.start()
+        await asyncio.gather(*(slot.start() for slot in self.mains))
 
     async def stop(self) -> None:
         if self._quarantine_idle is not None:
             self._quarantine_idle.cancel()
-        await asyncio.gather(self.main.close(), self.quarantine.close(), self.spare.close())
+        await asyncio.gather(
+            *(slot.close() for slot in self.mains), self.quarantine.close(), self.spare.close()
+        )
 
     async def load(self, network: LoadedNetwork) -> None:
-        """Load a network into the main process now (a deployment warms the model it has just checked)."""
+        """Load a network into every main process now (a deployment warms the model it has just checked)."""
         request = LoadNetwork(network.network_id, str(network.folder))
-        reply = await self.main.call(request, deadline_s=self._load_deadline_s)
-        if isinstance(reply, Failed):
-            raise ModelError(reply.error)
+        replies = await asyncio.gather(
+            *(slot.call(request, deadline_s=self._load_deadline_s) for slot in self.mains)
+        )
+        for reply in replies:
+            if isinstance(reply, Failed):
+                raise ModelError(reply.error)
 
     async def run(
         self, network: LoadedNetwork, batch: Sequence[PreparedJob], *, alone: bool, full_time: bool = False
     ) -> BatchRun:
         """Results in input order; raises EngineLost when the process ended before answering. `full_time`
         gives the run all of PERCEPT_MAX_RUN_S instead of the suspicion deadline."""
-        # The job (image bytes included) stays here: the tensors cross the pipe, the model reference once.
+        # The job (image bytes included) stays here: the inputs go through the slot's buffer, the model
+        # reference down the pipe once.
         refs: dict[bytes, int] = {}  # one, unless a version changed while its jobs were batched
         items = [RunItem.of(item, refs.setdefault(model_json(item.job.model), len(refs))) for item in batch]
-        request = RunBatch(network.network_id, str(network.folder), list(refs), items)
+        groups = [
+            (group, [batch[index].example for index in group])
+            for group in group_by_shape([item.example for item in batch])
+        ]
+        request = Batch(network.network_id, str(network.folder), list(refs), items, groups)
         if alone:
             self._keep_quarantine()
             slot = self.quarantine
@@ -440,7 +543,7 @@ class Engines:
             deadline_s = self._max_run_s if full_time else self._suspect_after(network.network_id, 1)
             priority = 1 if full_time else 0
         else:
-            slot = self.main
+            slot = self._main_for(network.network_id)
             deadline_s = self._suspect_after(network.network_id, len(batch))
             priority = 0
         reply = await slot.call(request, deadline_s=deadline_s, priority=priority)
@@ -454,11 +557,17 @@ class Engines:
         self._per_image_s[network.network_id] = max(per_image, self._per_image_s.get(network.network_id, 0.0))
         return run
 
+    def _main_for(self, network_id: str) -> EngineSlot:
+        """The main process with the fewest calls running or waiting, one holding the network among equals.
+        The caller takes its place before yielding to the loop (EngineSlot.call locks at once when free), so
+        two batches started together never pick the same free process."""
+        return min(self.mains, key=lambda slot: (slot.queued, not slot.holds(network_id)))
+
     def drop(self, network_id: str) -> None:
         """Forget a network everywhere (evicted, deleted or redeployed): its next use loads it again."""
         self._per_image_s.pop(network_id, None)
         self.spare.forget(network_id)
-        for slot in (self.main, self.quarantine):
+        for slot in [*self.mains, self.quarantine]:
             if slot.running:
                 dropping = asyncio.get_running_loop().create_task(_drop(slot, network_id))
                 self._background.add(dropping)  # the loop keeps only weak references to tasks

@@ -85,8 +85,12 @@ class InferenceWorker:
         self._decode_executor = decode_executor
         self._read_job = JobReader()
         self._engines = engines
+        # One batch per engine process at a time: while they are all busy, jobs gather into the next batches.
         self.batcher: Batcher[_Waiting, Outcome] = Batcher(
-            self._run_batch, max_size=config.max_batch_size, max_delay=config.max_batch_delay_s
+            self._run_batch,
+            max_size=config.max_batch_size,
+            max_delay=config.max_batch_delay_s,
+            max_concurrent=engines.processes,
         )
 
     async def handle(self, delivery: Delivery) -> None:

@@ -37,7 +37,12 @@ class ConsumerService:
         self._broker = broker
         self._config = config
         # Models run in engine processes; decoding overlaps them on threads here.
-        self.engines = Engines(max_run_s=config.max_run_s, load_timeout_s=config.sandbox_timeout_s)
+        self.engines = Engines(
+            max_run_s=config.max_run_s,
+            load_timeout_s=config.sandbox_timeout_s,
+            processes=config.engine_process_count,
+            threads=config.engine_threads,
+        )
         self._decode_executor = ThreadPoolExecutor(
             max_workers=config.decode_threads, thread_name_prefix="decode"
         )
@@ -110,12 +115,14 @@ class ConsumerService:
             await self._broker.consume(
                 INFERENCE.name, self._dispatch(self.inference.handle), prefetch=self._config.prefetch
             ),
-            # Batch jobs' sources, same handler: a few model batches of them at a time, so an interactive job
-            # waits for at most that many runs (broker.topology.INFERENCE_BATCH).
+            # Batch jobs' sources, same handler: a few model batches of them per engine process at a time, so
+            # an interactive job waits for at most that many runs (broker.topology.INFERENCE_BATCH).
             await self._broker.consume(
                 INFERENCE_BATCH.name,
                 self._dispatch(self.inference.handle),
-                prefetch=self._config.max_batch_size * self._config.batch_prefetch_batches,
+                prefetch=self._config.max_batch_size
+                * self._config.batch_prefetch_batches
+                * self.engines.processes,
             ),
             await self._broker.consume(DEPLOYMENT.name, self._dispatch(self._deployment.handle), prefetch=1),
             await self._broker.consume(
@@ -129,7 +136,10 @@ class ConsumerService:
             await self._broker.consume(BATCH.name, self._dispatch(self._batch.handle), prefetch=1),
         ]
         log.info(
-            "consumer_started", prefetch=self._config.prefetch, max_batch_size=self._config.max_batch_size
+            "consumer_started",
+            prefetch=self._config.prefetch,
+            max_batch_size=self._config.max_batch_size,
+            engine_processes=self.engines.processes,
         )
 
     async def stop(self, *, grace_s: float = 30.0) -> None:

@@ -41,6 +41,8 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         max_batch_size=settings.max_batch_size,
         max_batch_delay_s=settings.max_batch_delay_ms / 1000,
         prefetch=settings.prefetch,
+        engine_processes=settings.engine_processes,
+        engine_threads=settings.engine_threads,
         batch_prefetch_batches=settings.batch_prefetch_batches,
         max_image_pixels=settings.max_image_pixels,
         fetch_timeout_s=settings.fetch_timeout_s,

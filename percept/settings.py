@@ -31,6 +31,18 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=8, ge=1, le=1024)
     max_batch_delay_ms: float = Field(default=5.0, ge=0, le=60_000)
     prefetch: int = Field(default=32, ge=1, le=10_000, description="unacknowledged jobs per consumer")
+    engine_processes: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="engine processes per consumer, each running batches on its own; 0: one per CPU core",
+    )
+    engine_threads: int = Field(
+        default=1,
+        ge=0,
+        le=256,
+        description="TensorFlow threads per engine process; 0: TensorFlow's default (every core)",
+    )
     batch_prefetch_batches: int = Field(
         default=1,
         ge=1,

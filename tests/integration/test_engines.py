@@ -109,7 +109,7 @@ async def test_a_crashed_process_is_named_and_replaced(
 ) -> None:
     network = _network("4", tiny_models["slow"])
     await engines.run(network, [_job("4", 0)], alone=False)
-    pid = engines.main.pid
+    pid = engines.mains[0].pid
     assert pid is not None and pid != os.getpid()
     running = asyncio.create_task(engines.run(network, [_job("4", 0)] * 32, alone=False))
     await asyncio.sleep(0.3)
@@ -118,7 +118,7 @@ async def test_a_crashed_process_is_named_and_replaced(
         await running
     after = await engines.run(network, [_job("4", 255)], alone=False)
     assert _mean(after.results[0]) == 1.0
-    assert engines.main.pid not in (None, pid)
+    assert engines.mains[0].pid not in (None, pid)
 
 
 async def test_a_network_that_cannot_load_fails_its_jobs_not_the_process(
@@ -127,9 +127,9 @@ async def test_a_network_that_cannot_load_fails_its_jobs_not_the_process(
     (tmp_path / "empty").mkdir()
     run = await engines.run(_network("5", tmp_path / "empty"), [_job("5", 0)], alone=False)
     assert "saved_model.pb" in str(run.results[0]) or "SavedModel" in str(run.results[0])
-    pid = engines.main.pid
+    pid = engines.mains[0].pid
     assert pid is not None
-    assert engines.main.running
+    assert engines.mains[0].running
 
 
 async def test_a_crash_of_the_models_own_is_deterministic_and_a_kill_from_outside_is_not(
@@ -142,7 +142,7 @@ async def test_a_crash_of_the_models_own_is_deterministic_and_a_kill_from_outsid
     assert crashed.value.deterministic  # the input would do it again: one lone run proves it
     # The fresh process loads the network again (a request of its own), then runs the next batch.
     assert _mean((await engines.run(network, [_job("6", 0)], alone=False)).results[0]) == 0.0
-    pid = engines.main.pid
+    pid = engines.mains[0].pid
     assert pid is not None
     running = asyncio.create_task(
         engines.run(_network("7", tiny_models["slow"]), [_job("7", 0)] * 64, alone=False)
@@ -179,10 +179,31 @@ async def test_after_a_loss_the_next_lost_process_is_replaced_by_a_spare_loaded_
     first = await engines.spare.ready_pid()
     assert first is not None
     assert _mean((await engines.run(network, [_job("9", 0)], alone=False)).results[0]) == 0.0
-    assert engines.main.pid == first  # the replacement was the spare
+    assert engines.mains[0].pid == first  # the replacement was the spare
     second = await engines.spare.ready_pid()  # and the next one was prepared at once
     assert second not in (None, first)
     with pytest.raises(EngineLost):
         await engines.run(network, [_job("9", 255)], alone=False)
     assert _mean((await engines.run(network, [_job("9", 0)], alone=False)).results[0]) == 0.0
-    assert engines.main.pid == second
+    assert engines.mains[0].pid == second
+
+
+async def test_batches_run_side_by_side_in_as_many_processes_as_configured(
+    tiny_models: dict[str, Path],
+) -> None:
+    """While one process spins on a wedged batch, the other serves the next batch: they do not queue."""
+    engines = Engines(max_run_s=MAX_RUN_S, processes=2)
+    await engines.start()
+    try:
+        network = _network("10", tiny_models["wedging"])
+        await engines.run(network, [_job("10", 0)] * 4, alone=False)  # measures the pace
+        wedged = asyncio.create_task(engines.run(network, [_job("10", 255)], alone=False))
+        await asyncio.sleep(0)  # the wedged batch takes its process first
+        served = await engines.run(network, [_job("10", 0), _job("10", 128)], alone=False)
+        assert [round(_mean(result), 2) for result in served.results] == [0.0, 0.5]
+        assert not wedged.done()
+        with pytest.raises(EngineLost, match="ran longer than"):
+            await wedged
+        assert len({slot.pid for slot in engines.mains}) == 2
+    finally:
+        await engines.stop()
