@@ -17,6 +17,7 @@ from gateway.context import (
     CONFIG,
     ENDPOINTS,
     OUTBOX_CLEANER,
+    READINESS,
     RESOLVED,
     STORE,
     TASK_IDS,
@@ -27,6 +28,7 @@ from gateway.metrics import metrics_middleware, serve_metrics
 from gateway.middleware import errors_middleware
 from gateway.openapi import serve_openapi
 from gateway.ratelimit import TokenBuckets, rate_limit_middleware
+from gateway.readiness import Readiness
 from gateway.resolved import ResolvedModels
 from gateway.routes import (
     accounts,
@@ -88,6 +90,7 @@ def create_app(config: GatewayConfig, *, store: Store, broker: Broker) -> web.Ap
     app[OUTBOX_CLEANER] = OutboxCleaner(store)
     app[ENDPOINTS] = EndpointPresence()
     app[RESOLVED] = ResolvedModels()
+    app[READINESS] = Readiness()
     app[TASK_IDS] = IdBlocks(store, "tasks", block=config.task_id_block)
     app.cleanup_ctx.append(_clean_outbox)
     app.router.add_get("/openapi.json", serve_openapi)

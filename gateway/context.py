@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from broker.port import Broker
+from gateway.readiness import Readiness
 from gateway.resolved import ResolvedModels
 from gateway.waiters import TaskWaiters
 from store.hooks import EndpointPresence
@@ -35,6 +36,7 @@ OUTBOX_CLEANER = web.AppKey("outbox_cleaner", OutboxCleaner)
 ENDPOINTS = web.AppKey("endpoints", EndpointPresence)  # does a tenant have webhook endpoints (cached)
 RESOLVED = web.AppKey("resolved", ResolvedModels)  # model references of recent submissions
 TASK_IDS = web.AppKey("task_ids", IdBlocks)  # ids of the tasks submissions make
+READINESS = web.AppKey("readiness", Readiness)  # start-up work /readyz waits for
 OWNER = web.RequestKey("owner", str)  # the tenant the API key belongs to
 
 

@@ -56,6 +56,18 @@ class PayloadTooLarge(ApiError):
     code = "too_large"
 
 
+class UriTooLong(ApiError):
+    status = 414
+    code = "too_long"
+
+
+class HeadersTooLarge(ApiError):
+    """One header field too long, or too many of them (RFC 6585's 431)."""
+
+    status = 431
+    code = "too_large"
+
+
 class UnsupportedMediaType(ApiError):
     status = 415
     code = "unsupported_media_type"

@@ -46,9 +46,15 @@ def _clarifai(request: web.Request) -> bool:
     return request.path.startswith(clarifai_shape.PREFIX)
 
 
-def _answer(request: web.Request, error: ApiError) -> web.Response:
-    body = clarifai_shape.error_body(error) if _clarifai(request) else error.body()
+def error_response(error: ApiError, *, path: str) -> web.Response:
+    """The error in the shape of the surface `path` belongs to."""
+    clarifai = path.startswith(clarifai_shape.PREFIX)
+    body = clarifai_shape.error_body(error) if clarifai else error.body()
     return web.json_response(body, status=error.status, headers=error.headers)
+
+
+def _answer(request: web.Request, error: ApiError) -> web.Response:
+    return error_response(error, path=request.path)
 
 
 @web.middleware

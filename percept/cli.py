@@ -58,16 +58,16 @@ async def _serve(settings: Settings, *, http: bool, consume: bool, demo: bool) -
         metrics_server = (
             _start_metrics_server(settings) if consume and not http and settings.metrics_port else None
         )
-        runner = (
-            await run_http(make_gateway(settings, store, broker), settings.host, settings.port)
-            if http
-            else None
-        )
+        gateway_app = make_gateway(settings, store, broker) if http else None
         demo_task = None
-        if demo:
-            from percept.demo import register_demo_models
+        if demo and gateway_app is not None:
+            from gateway.context import READINESS
+            from percept.demo import start_demo_models
 
-            demo_task = asyncio.create_task(register_demo_models(store, broker, settings.data_dir))
+            demo_task = start_demo_models(gateway_app[READINESS], store, broker, settings.data_dir)
+        runner = (
+            await run_http(gateway_app, settings.host, settings.port) if gateway_app is not None else None
+        )
         try:
             await wait_for_signal()
         finally:

@@ -17,6 +17,7 @@ from consumers.config import ConsumerConfig
 from gateway.app import create_app
 from gateway.auth import ensure_api_key, new_api_key
 from gateway.context import GatewayConfig
+from gateway.http_server import GatewayRunner
 from percept.settings import Settings, retry_delays
 from store.factory import open_store
 from store.port import Store
@@ -111,11 +112,12 @@ async def wait_for_signal() -> None:
 
 
 async def run_http(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
+    runner = GatewayRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    print(f"Percept listening on http://{host}:{port}", flush=True)
+    bound_port = runner.addresses[0][1]  # port 0 asks for any free port
+    print(f"Percept listening on http://{host}:{bound_port}", flush=True)
     return runner
 
 

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from broker.port import BrokerError
 from broker.topology import INFERENCE, INFERENCE_QUEUES
-from gateway.context import BROKER, STORE
+from gateway.context import BROKER, READINESS, STORE
 from gateway.routes.common import ok
 from store.port import StoreError
 
@@ -16,9 +16,10 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the store and the broker answer; reports every inference queue's depth (interactive and
-    batch), and, as before, the interactive one's alone as `inference_queue_depth`."""
-    problems = {}
+    """Ready when the store and the broker answer and no start-up work is pending (gateway.readiness);
+    reports every inference queue's depth (interactive and batch), and, as before, the interactive one's
+    alone as `inference_queue_depth`."""
+    problems = request.app[READINESS].waiting()
     try:
         await request.app[STORE].ping()
     except StoreError as error:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ class Service:
     started_at: float
     seconds_to_listen: float
     seconds_to_demo_ready: float = 0.0
+    readyz_at_start: dict[str, Any] = field(default_factory=dict)  # as soon as /healthz answered
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.get(self.url + path, headers={"X-API-KEY": self.key}, timeout=30, **kwargs)
@@ -96,28 +96,25 @@ def stop_service(service: Service) -> int:
         raise
 
 
-def wait_demo_ready(service: Service, key: str, sample: bytes, timeout: float = 300.0) -> None:
-    """Demo models are built and deployed in the background on first start."""
-    body = {"inputs": [{"image": {"source": base64.b64encode(sample).decode()}}]}
+def wait_ready(service: Service, timeout: float = 300.0) -> None:
+    """Demo models are built and deployed in the background on first start; /readyz says when they answer."""
     deadline = time.monotonic() + timeout
     while True:
-        response = service.post(f"/v0.7/recognition/public/{key}/inference", json=body)
+        response = requests.get(service.url + "/readyz", timeout=5)
         if response.status_code == 200:
             return
-        assert response.status_code in (400, 404), response.text
+        assert response.status_code == 503, response.text
         assert time.monotonic() < deadline, service.log()
         time.sleep(0.25)
 
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """A running `percept serve` whose demo models are ready."""
-    from engine.zoo import DEMO_MODELS
-
+    """A running `percept serve` whose demo models are ready, by /readyz alone (tests rely on no retries)."""
     service = start_service(tmp_path_factory.mktemp("serve") / "data")
     try:
-        for demo in DEMO_MODELS:
-            wait_demo_ready(service, demo.key, demo.sample_image())
+        service.readyz_at_start = requests.get(service.url + "/readyz", timeout=5).json()
+        wait_ready(service)
         service.seconds_to_demo_ready = time.monotonic() - service.started_at
         yield service
     finally:

@@ -30,6 +30,12 @@ def test_demo_models_answer_on_their_samples(served: Service, demo: object) -> N
     assert predicted and predicted[0]["label_name"] == demo.sample_label
 
 
+def test_readyz_waited_for_the_demo_models(served: Service) -> None:
+    """On a first start /readyz named the demo models until they answered; `served` waits on it alone."""
+    assert served.readyz_at_start["status"] == "unavailable", served.readyz_at_start
+    assert "demo_models" in served.readyz_at_start["problems"], served.readyz_at_start
+
+
 def test_public_listing_and_health(served: Service) -> None:
     import requests
 
