@@ -11,10 +11,11 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway.asyncapi import ASYNCAPI_PATH
+from gateway.long_poll import MAX_WAIT_S
 from gateway.openapi_responses import SCHEMAS as RESPONSE_SCHEMAS
 from gateway.openapi_responses import success_content
 from gateway.pagination import MAX_LIMIT, MAX_OFFSET
-from gateway.routes.tasks import MAX_TASK_IDS, MAX_WAIT_S
+from gateway.routes.tasks import MAX_TASK_IDS
 from schemas.annolab import BatchInferenceRequest, ProjectCreate, RegionsSet, SourceUrl, TagCreate
 from schemas.clarifai import PostModelOutputsRequest
 from schemas.inference import InferenceRequest, InferenceResult, NetworkInferenceRequest, TensorsResult
@@ -194,6 +195,12 @@ _WAIT = {
     "description": "Long poll: answer as soon as the task(s) finish, or after this many seconds (0-60).",
     "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
 }
+# Inference submissions take it too: the answer then also holds the task, finished or as it is by then.
+_SUBMIT_WAIT = {
+    **_WAIT,
+    "description": "Answer with the task (`task`) once it finishes, or after this many seconds (0-60): one"
+    " request instead of a submission and a poll.",
+}
 _PAGE = [
     {
         "name": "offset",
@@ -345,6 +352,8 @@ def openapi_document() -> dict[str, Any]:
         if method == "get":
             parameters += _QUERY.get(path, [])
             parameters += _PAGE if path in _PAGED else []
+        elif path.startswith(_V) and path.endswith("/inference"):
+            parameters.append(_SUBMIT_WAIT)
         if parameters:
             operation["parameters"] = parameters
         if request is not None:

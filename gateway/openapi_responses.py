@@ -85,7 +85,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         date_updated=_DATE,
         subtasks={"type": "null"},
     ),
-    "TaskId": _record(task_id=_STRING),
+    "InferenceAccepted": {
+        "type": "object",
+        "properties": {"task_id": _STRING, "task": _ref("Task")},
+        "required": ["task_id"],
+        "description": "`task` only with `?wait`",
+    },
     "WebhookEndpoint": _record(
         id=_INT,
         url=_STRING,
@@ -176,7 +181,7 @@ SCHEMAS["TagPage"] = _page("Tag")
 SCHEMAS["RegionPage"] = _page("Region")
 SCHEMAS["SourceRegions"] = _record(sourceId=_INT, regions={"type": "array", "items": _ref("Region")})
 
-_INFERENCE = "TaskId"
+_INFERENCE = "InferenceAccepted"
 # (method, path) -> the schema of the success body; operations not listed answer 204 or an undocumented body.
 RESPONSES: dict[tuple[str, str], str] = {
     ("get", f"{_V}/networks/"): "NetworkPage",

@@ -1,9 +1,10 @@
 """Accepting work: record the job (outbox) and its pending task, hand the job to the broker, answer with the
-task id. A gateway that dies at any point leaves either nothing the client was told about, or a recorded job
-that the consumers' maintenance publishes (store.outbox)."""
+task id (and, asked to wait, the finished task). A gateway that dies at any point leaves either nothing the
+client was told about, or a recorded job that the consumers' maintenance publishes (store.outbox)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,16 +13,17 @@ from pydantic import BaseModel
 
 from broker.port import BrokerUnavailable, QueueFull
 from broker.topology import INFERENCE, QueueSpec
-from gateway import idempotency
-from gateway.context import BROKER, CONFIG, ENDPOINTS, OUTBOX_CLEANER, STORE, TASK_IDS, owner_of
+from gateway import idempotency, render
+from gateway.context import BROKER, CONFIG, ENDPOINTS, OUTBOX_CLEANER, STORE, TASK_IDS, WAITERS, owner_of
 from gateway.errors import InvalidInput, Overloaded, Unavailable
 from gateway.images import job_image
+from gateway.long_poll import read_tasks, wait_param
 from gateway.multi_input import input_jobs, multi_input_tasks, publish_inputs
 from gateway.routes.common import ok
 from schemas.documents import TaskDoc, TaskKind, TaskOutcome, TaskStatus
 from schemas.inference import InferenceRequest, NetworkInferenceRequest
 from schemas.job_wire import job_body
-from schemas.messages import InferenceJob, ModelRef
+from schemas.messages import InferenceJob, JobImage, ModelRef
 from store import outbox
 from store.hooks import task_hook
 from store.port import OUTBOX, TASK_HOOKS, TASKS, Batch
@@ -103,6 +105,9 @@ def _check_count(request: web.Request, inference: InferenceRequest) -> None:
 async def submit_inference(
     request: web.Request, model: ModelRef, inference: InferenceRequest
 ) -> web.Response:
+    """Answers `{"task_id"}`; with `?wait=SECONDS`, also `"task"`: the task once finished (or as it is when
+    the wait runs out), as `GET /v0.7/tasks/{id}/` would show it."""
+    wait = wait_param(request)
     _check_count(request, inference)
     max_bytes = request.app[CONFIG].max_inline_image_bytes
     images = [
@@ -116,7 +121,9 @@ async def submit_inference(
         print_ = idempotency.fingerprint(request, inference.model_dump_json().encode())
         earlier = await idempotency.claim(request, owner=owner, key=key, print_=print_, task_id=task_id)
         if earlier is not None:
-            return ok({"task_id": earlier})
+            if not wait:
+                return ok({"task_id": earlier})
+            return _accepted(earlier, await read_tasks(request, [earlier], wait=wait))
     job = InferenceJob(
         task_id=task_id,
         owner=owner,
@@ -126,11 +133,34 @@ async def submit_inference(
         max_predictions=inference.max_predictions,
         output_layers=inference.output_layers if isinstance(inference, NetworkInferenceRequest) else None,
     )
+    if not wait:
+        await _submit(request, job, images, inference.callback_url, key=key)
+        return ok({"task_id": task_id})
+    # Watched before the job is published: the event cannot come first, and one read after it is enough.
+    with request.app[WAITERS].watch([task_id]) as waiting:
+        deadline = asyncio.get_running_loop().time() + wait
+        await _submit(request, job, images, inference.callback_url, key=key)
+        await waiting.until_over(deadline)
+    return _accepted(task_id, await request.app[STORE].get_many(TASKS, [task_id], owners=[owner]))
+
+
+def _accepted(task_id: str, docs: Sequence[TaskDoc]) -> web.Response:
+    return ok({"task_id": task_id, "task": render.task(docs[0])} if docs else {"task_id": task_id})
+
+
+async def _submit(
+    request: web.Request,
+    job: InferenceJob,
+    images: Sequence[JobImage],
+    callback_url: str | None,
+    *,
+    key: str | None,
+) -> None:
+    """Record the task(s) and publish the job(s); the task's id is the job's."""
+    owner, task_id = job.owner, job.task_id
     try:
         if len(images) == 1:
-            task = TaskDoc(
-                id=task_id, owner=owner, kind=TaskKind.INFERENCE, callback_url=inference.callback_url
-            )
+            task = TaskDoc(id=task_id, owner=owner, kind=TaskKind.INFERENCE, callback_url=callback_url)
             staged = outgoing(INFERENCE, owner=owner, jobs=[(task_id, task_id, job)])
             await accept(request, jobs=staged, tasks=[task], hooked=[task])
             await publish_staged(request, staged[0])
@@ -140,17 +170,15 @@ async def submit_inference(
                 INFERENCE, owner=owner, jobs=[(each.task_id, each.task_id, each) for each in jobs]
             )
             tasks = multi_input_tasks(
-                task_id=task_id, owner=owner, inputs=len(images), callback_url=inference.callback_url
+                task_id=task_id, owner=owner, inputs=len(images), callback_url=callback_url
             )
             # Only the parent is hooked: webhooks announce the caller's task, not its inputs.
             await accept(request, jobs=staged, tasks=tasks, hooked=tasks[:1])
-            task = tasks[0]
             by_task = {item.unsent.entry.task_id: item for item in staged}
             await publish_inputs(
-                request, task, jobs, lambda each: publish_staged(request, by_task[each.task_id])
+                request, tasks[0], jobs, lambda each: publish_staged(request, by_task[each.task_id])
             )
     except Unavailable:
         if key is not None:
             await idempotency.release(request, owner=owner, key=key)
         raise
-    return ok({"task_id": task.id})
