@@ -7,6 +7,7 @@ import binascii
 from datetime import UTC, datetime
 from typing import Annotated, Self
 
+import pybase64
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 
@@ -44,27 +45,27 @@ def _not_bool(value: object) -> object:
 Integer = Annotated[int, BeforeValidator(_not_bool)]
 
 
+def b64decode_strict(text: str | bytes) -> bytes:
+    """`base64.b64decode(text, validate=True)`, by pybase64 (SIMD: 4 us instead of 150 for an 83 KB image)
+    wherever it accepts the text; the few texts only the standard library takes (padding after a complete
+    group, e.g. "QUJD=") take its path, so what is accepted and what it decodes to never change."""
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return base64.b64decode(text, validate=True)
+
+
 def _from_base64(value: object) -> object:
     if isinstance(value, str):
         try:
-            return base64.b64decode(value, validate=True)
-        except binascii.Error as error:
+            return b64decode_strict(value)
+        except (binascii.Error, ValueError) as error:
             raise ValueError(f"not valid base64 ({error})") from None
     return value
 
 
-class Base64Text(bytes):
-    """Bytes that are already canonical base64 text (exactly what b64encode would give for the bytes they
-    stand for): an InlineBytes field holding them is written to JSON as they are. The gateway keeps a
-    client's clean base64 image this way instead of decoding it and encoding it again for the job message
-    (0.45 ms for a 95 KB JPEG). In Python they are the text, not the image: only JSON readers see the
-    image."""
-
-
 def _to_base64(value: bytes) -> str:
-    if isinstance(value, Base64Text):
-        return value.decode("ascii")
-    return base64.b64encode(value).decode("ascii")
+    return pybase64.b64encode(value).decode("ascii")
 
 
 # Raw bytes in Python, base64 text in JSON (queue messages).

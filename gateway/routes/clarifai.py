@@ -9,7 +9,6 @@ ignored: the API key alone names the tenant.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import json
 import uuid
@@ -29,7 +28,7 @@ from gateway.routes.common import add, parse, path_id
 from gateway.routes.versions import model_ref_for_version
 from gateway.submit import accept, outgoing, publish_staged
 from schemas.clarifai import ClarifaiInput, OutputConfig, PostModelOutputsRequest
-from schemas.common import iso, utc_now
+from schemas.common import b64decode_strict, iso, utc_now
 from schemas.documents import PUBLIC_OWNER, SpecDoc, TaskDoc, TaskKind, TaskStatus, VersionDoc
 from schemas.inference import ImageInput, InferenceResult
 from schemas.messages import InferenceJob, JobImage, ModelRef
@@ -80,7 +79,7 @@ def _source(item: ClarifaiInput, field: str) -> str | bytes:
         return url
     assert encoded is not None
     try:
-        return base64.b64decode("".join(encoded.split()), validate=True)
+        return b64decode_strict("".join(encoded.split()))
     except (binascii.Error, ValueError):
         raise ValueError(f"{field}.base64: not valid base64") from None
 
