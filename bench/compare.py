@@ -2,7 +2,8 @@
 
 `.venv/bin/python -m bench.compare [--quick]` (or `make bench-compare`) prints one JSON object; about 6
 minutes on 2 cores once the competitors' virtualenvs exist (building them adds about 3 minutes, once).
-(a) the raw engine at its best batch size, measured before and after the servers; (b) Percept's
+(a) the raw engine at its best batch size, in one process with a TensorFlow thread per core and in its
+best thread layout (a single-threaded process per core), measured before and after the servers; (b) Percept's
 multi-process mode (gateway + one consumer + RabbitMQ + SQLite), multipart and base64-JSON uploads,
 submit -> result by long poll; (c) the same SavedModels served by PyTriton and by BentoML, each decoding,
 pre-processing, predicting and ranking under its own dynamic batching. Every system gets the same JPEGs
