@@ -2,7 +2,8 @@
 
 `.venv/bin/python -m bench.compare [--quick]` (or `make bench-compare`) prints one JSON object; about 6
 minutes on 2 cores once the competitors' virtualenvs exist (building them adds about 3 minutes, once).
-(a) the raw engine at its best batch size, measured before and after the servers; (b) Percept's
+(a) the raw engine at its best batch size, in one process with a TensorFlow thread per core and in its
+best thread layout (a single-threaded process per core), measured before and after the servers; (b) Percept's
 multi-process mode (gateway + one consumer + RabbitMQ + SQLite), multipart and base64-JSON uploads,
 submit -> result by long poll; (c) the same SavedModels served by PyTriton and by BentoML, each decoding,
 pre-processing, predicting and ranking under its own dynamic batching. Every system gets the same JPEGs
@@ -136,9 +137,12 @@ async def _run(
     return results
 
 
-def _summary(raw_best: float, raw_cpu_ms: float, by_system: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The figures the issue asks for, per system: images/s and ratio to the raw engine at each concurrency,
-    latency percentiles at LATENCY_AT, CPU ms per image at CPU_AT, also as a multiple of the engine's."""
+def _summary(
+    raw_best: float, raw_best_layout: float, raw_cpu_ms: float, by_system: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The figures the issue asks for, per system: images/s and ratio to the raw engine at each concurrency
+    (to the engine in one process with every core's threads, and to its best thread layout), latency
+    percentiles at LATENCY_AT, CPU ms per image at CPU_AT, also as a multiple of the engine's."""
     summary: dict[str, Any] = {}
     for system, levels in by_system.items():
         rates = {level: result["images_per_s"] for level, result in levels.items()}
@@ -152,7 +156,14 @@ def _summary(raw_best: float, raw_cpu_ms: float, by_system: dict[str, dict[str, 
         summary[system] = {
             "images_per_s": rates,
             "ratio_to_raw": {level: round(rate / raw_best, 3) for level, rate in rates.items()},
-            "best": {"concurrency": int(best_level), "ratio_to_raw": round(rates[best_level] / raw_best, 3)},
+            "ratio_to_best_layout": {
+                level: round(rate / raw_best_layout, 3) for level, rate in rates.items()
+            },
+            "best": {
+                "concurrency": int(best_level),
+                "ratio_to_raw": round(rates[best_level] / raw_best, 3),
+                "ratio_to_best_layout": round(rates[best_level] / raw_best_layout, 3),
+            },
             **{
                 f"latency_c{level}": levels[str(level)]["latency"]
                 for level in LATENCY_AT
@@ -213,7 +224,8 @@ def main() -> None:
     environments = servers.ensure_venvs(competitors) if competitors else {}
     args.cache.mkdir(parents=True, exist_ok=True)
     tf_env = {"TF_NUM_INTRAOP_THREADS": str(CPUS)}
-    raw_start = raw_engine(args.cache, plan, tf_env)  # also builds the models on first use
+    keys = [model.key for model in models]
+    raw_start = raw_engine(args.cache, plan, tf_env, keys)  # also builds the models on first use
     jpegs = sample_jpegs()
     percept_settings = {
         "PERCEPT_MAX_BATCH_SIZE": str(args.percept_max_batch_size),
@@ -263,7 +275,7 @@ def main() -> None:
                 return await _run(targets, models, concurrencies, plan)
 
         results = asyncio.run(measure_all())
-    raw_end = raw_engine(args.cache, plan, tf_env)
+    raw_end = raw_engine(args.cache, plan, tf_env, keys)
     mean_kib = sum(map(len, jpegs)) // len(jpegs) // 1024
     report: dict[str, Any] = {
         "benchmark": "percept vs pytriton vs bentoml",
@@ -277,6 +289,8 @@ def main() -> None:
             "images": f"{len(jpegs)} JPEGs {WIDTH}x{HEIGHT}, {mean_kib} KiB mean",
             "order": "per model, per concurrency, the systems in turn (rotated one place at each level)",
             "ratio_to_raw": "images/s / the mean of the raw engine's best images/s before and after",
+            "ratio_to_best_layout": "images/s / the same mean for the engine's best thread layout "
+            "(one process with a thread per core, or a process per core with one thread each)",
             "server_cpu_vs_engine": "serving CPU ms per image / the engine's own (decode + predict)",
         },
         "settings": {
@@ -298,15 +312,21 @@ def main() -> None:
         start_best = raw_start[model.key]["best_images_per_s"]
         end_best = raw_end[model.key]["best_images_per_s"]
         raw_best = (start_best + end_best) / 2
+        raw_best_layout = sum(raw[model.key]["best_layout_images_per_s"] for raw in (raw_start, raw_end)) / 2
         raw_cpu_ms = min(raw[model.key]["engine_cpu_ms_per_image"] for raw in (raw_start, raw_end))
         report["models"][model.key] = {
             "raw_engine": {
                 "best_images_per_s": round(raw_best, 1),
+                "best_layout_images_per_s": round(raw_best_layout, 1),
+                "best_layout": {
+                    "before": raw_start[model.key]["best_layout"],
+                    "after": raw_end[model.key]["best_layout"],
+                },
                 "engine_cpu_ms_per_image": raw_cpu_ms,
                 "before": raw_start[model.key],
                 "after": raw_end[model.key],
             },
-            "summary": _summary(raw_best, raw_cpu_ms, results[model.key]),
+            "summary": _summary(raw_best, raw_best_layout, raw_cpu_ms, results[model.key]),
             "details": results[model.key],
         }
     report["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)

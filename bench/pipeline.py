@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -51,9 +52,13 @@ FULL = Plan(requests=320, raw_seconds=3.0, min_warm_up=16)
 QUICK = Plan(requests=96, raw_seconds=0.5, min_warm_up=8)
 
 
-def raw_engine(cache: Path, plan: Plan, tf_env: dict[str, str]) -> dict[str, Any]:
+def raw_engine(
+    cache: Path, plan: Plan, tf_env: dict[str, str], models: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """bench.raw in a child process: every model's figures, or only those of `models`."""
+    chosen = ["--models", ",".join(models)] if models is not None else []
     done = subprocess.run(
-        [sys.executable, "-m", "bench.raw", str(cache), str(plan.raw_seconds)],
+        [sys.executable, "-m", "bench.raw", str(cache), str(plan.raw_seconds), *chosen],
         env={**os.environ, **tf_env, "TF_CPP_MIN_LOG_LEVEL": "2"},
         stdout=subprocess.PIPE,
         check=True,

@@ -4,9 +4,11 @@ Runs in bench/.venvs/bentoml (bench/competitors/venvs.sh), started by bench.comp
 `bentoml serve bench.competitors.bento_service:Bench --host 127.0.0.1 --port P` with its settings in
 BENCH_BENTO_* variables, read at import: BENCH_BENTO_MODELS (KEY:SAVEDMODEL_DIR:SIDE:PIXEL_SCALING, comma
 separated), BENCH_BENTO_MAX_BATCH_SIZE, BENCH_BENTO_MAX_LATENCY_MS, BENCH_BENTO_WORKERS,
-BENCH_BENTO_DECODE_THREADS. One batchable API per model, at POST /KEY: multipart field `images`, one file
-per request (BentoML's own image type: opened by Pillow, decoded by our function, so the draft-mode decode
-is the same as Percept's).
+BENCH_BENTO_DECODE_THREADS, BENCH_BENTO_TF_INTRA_OP_THREADS and BENCH_BENTO_TF_INTER_OP_THREADS (each
+worker's TensorFlow thread pools, set before its models load; 0: TensorFlow's default, or the environment's
+TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS). One batchable API per model, at POST /KEY: multipart
+field `images`, one file per request (BentoML's own image type: opened by Pillow, decoded by our function,
+so the draft-mode decode is the same as Percept's).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from typing import Any
 import bentoml
 from PIL import Image
 
-from bench.competitors.work import ModelShape, Predictor, parse_model
+from bench.competitors.work import ModelShape, Predictor, parse_model, set_tf_threads
 
 SHAPES: list[ModelShape] = [parse_model(text) for text in os.environ["BENCH_BENTO_MODELS"].split(",")]
 MAX_BATCH_SIZE = int(os.environ.get("BENCH_BENTO_MAX_BATCH_SIZE", "16"))
 MAX_LATENCY_MS = int(os.environ.get("BENCH_BENTO_MAX_LATENCY_MS", "10000"))
 WORKERS = int(os.environ.get("BENCH_BENTO_WORKERS", "1"))
 DECODE_THREADS = int(os.environ.get("BENCH_BENTO_DECODE_THREADS", "2"))
+TF_INTRA_OP_THREADS = int(os.environ.get("BENCH_BENTO_TF_INTRA_OP_THREADS", "0"))
+TF_INTER_OP_THREADS = int(os.environ.get("BENCH_BENTO_TF_INTER_OP_THREADS", "0"))
 
 
 def _api(key: str) -> Any:
@@ -42,6 +46,8 @@ def _api(key: str) -> Any:
 
 class _Base:
     def __init__(self) -> None:
+        # One instance per worker process, made in that process before any of its TensorFlow ops.
+        set_tf_threads(TF_INTRA_OP_THREADS, TF_INTER_OP_THREADS)
         self.predictors = {shape.key: Predictor(shape, DECODE_THREADS) for shape in SHAPES}
 
 

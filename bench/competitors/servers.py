@@ -162,6 +162,10 @@ class TritonTuning:
     max_queue_delay_us: int = 2000
     instances: int = 2  # two infer functions: one decodes while the other predicts
     decode_threads: int = 1  # per instance
+    # PyTriton's instances are threads of one process, sharing its TensorFlow pools (0: one per core).
+    # One intra-op thread: no op is split across cores, the instances run side by side instead.
+    tf_intra_op_threads: int = 1
+    tf_inter_op_threads: int = 2  # a function call runs on an inter-op thread: one per instance
 
 
 def triton(
@@ -174,6 +178,8 @@ def triton(
     command += ["--max-batch-size", str(tuning.max_batch_size)]
     command += ["--max-queue-delay-us", str(tuning.max_queue_delay_us)]
     command += ["--instances", str(tuning.instances), "--decode-threads", str(tuning.decode_threads)]
+    command += ["--tf-intra-op-threads", str(tuning.tf_intra_op_threads or tf_threads)]
+    command += ["--tf-inter-op-threads", str(tuning.tf_inter_op_threads)]
     for model in models:
         command += ["--model", model_spec(model, cache)]
     return Server(
@@ -192,7 +198,10 @@ class BentoTuning:
     max_latency_ms: int = 10000  # a target, not a wait: at 1000 BentoML refused requests (503) at c=32
     workers: int = 2  # two processes, each with its own model and batcher
     decode_threads: int = 2
-    tf_threads_per_worker: int = 0  # 0: every core for each worker, as for every other server
+    # Each worker's TensorFlow intra-op and inter-op threads (0: one per core, for each worker): one each,
+    # a single-threaded engine per worker, the workers side by side.
+    tf_threads_per_worker: int = 1
+    tf_inter_op_threads_per_worker: int = 1
 
 
 def bentoml(
@@ -210,6 +219,8 @@ def bentoml(
         "BENCH_BENTO_MAX_LATENCY_MS": str(tuning.max_latency_ms),
         "BENCH_BENTO_WORKERS": str(tuning.workers),
         "BENCH_BENTO_DECODE_THREADS": str(tuning.decode_threads),
+        "BENCH_BENTO_TF_INTRA_OP_THREADS": str(tuning.tf_threads_per_worker or tf_threads),
+        "BENCH_BENTO_TF_INTER_OP_THREADS": str(tuning.tf_inter_op_threads_per_worker),
     }
     return Server(
         "bentoml", command, _env(scratch, tf_threads, extra), [f"{url}/readyz"], url, scratch / "bentoml.log"

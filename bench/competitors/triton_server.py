@@ -5,6 +5,10 @@ Runs in bench/.venvs/triton (bench/competitors/venvs.sh), started by bench.compa
 (SPEC: KEY:SAVEDMODEL_DIR:SIDE:PIXEL_SCALING).
 Each model's infer function decodes + pre-processes the batch (a thread pool, as Percept's consumer has
 decode threads), predicts and ranks the scores, under Triton's dynamic batcher. Stops on SIGTERM/SIGINT.
+PyTriton runs a model's instances as threads of this one process, so they share its TensorFlow thread
+pools: `--tf-intra-op-threads` and `--tf-inter-op-threads` (0: TensorFlow's default, or the environment's
+TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS). A function call runs on an inter-op thread: with one
+inter-op thread, two instances predict one after the other.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-from bench.competitors.work import TOP_K, Predictor, parse_model
+from bench.competitors.work import TOP_K, Predictor, parse_model, set_tf_threads
 
 
 def _infer_function(predictor: Predictor) -> Callable[..., dict[str, np.ndarray]]:
@@ -42,8 +46,11 @@ def main() -> None:
     parser.add_argument("--max-queue-delay-us", type=int, default=2000)
     parser.add_argument("--instances", type=int, default=1, help="infer functions per model, run in parallel")
     parser.add_argument("--decode-threads", type=int, default=2, help="per instance")
+    parser.add_argument("--tf-intra-op-threads", type=int, default=0, help="for the process; 0: default")
+    parser.add_argument("--tf-inter-op-threads", type=int, default=0, help="for the process; 0: default")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    set_tf_threads(args.tf_intra_op_threads, args.tf_inter_op_threads)  # before any model is loaded
     config = TritonConfig(
         http_address="127.0.0.1",
         http_port=args.http_port,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +64,24 @@ def top_k(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The TOP_K classes of each row, best first, and their scores: int32 and float32, `[N, TOP_K]`."""
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
     return order.astype(np.int32), np.take_along_axis(probabilities, order, axis=1).astype(np.float32)
+
+
+def set_tf_threads(intra_op: int, inter_op: int) -> None:
+    """This process's TensorFlow thread pools, before any op runs (0: leave that one as it is); says what
+    TensorFlow then holds on stderr, in the server's log."""
+    import tensorflow as tf
+
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    print(
+        "bench: TensorFlow intra-op threads "
+        f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, inter-op "
+        f"{tf.config.threading.get_inter_op_parallelism_threads() or 'default'} (pid {os.getpid()})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 class Predictor:
