@@ -98,6 +98,26 @@ class Percept:
         """Submit one image to a version and return the finished task."""
         return await self.finished(await self.submit(version_id, body))
 
+    async def infer_waiting(self, version_id: str, body: Body) -> dict[str, Any]:
+        """Submit one image with `?wait=`: the answer holds the finished task, one request in all."""
+        headers = {**self._headers, "Content-Type": body.content_type}
+        path = f"/recognition/versions/{version_id}/inference"
+        params = {"wait": str(LONG_POLL_S)}
+        async with self._session.post(
+            self._url + path, data=body.data, headers=headers, params=params
+        ) as response:
+            if not 200 <= response.status < 300:
+                raise RequestFailed(f"POST {path}: {response.status} {(await response.text())[:300]}")
+            answer: dict[str, Any] = await response.json()
+        task: dict[str, Any] = answer["task"]
+        return task if task["status"] != "pending" else await self.finished(task["id"])
+
+    async def infer_waiting_ok(self, version_id: str, body: Body) -> None:
+        """`infer_waiting`, raising RequestFailed unless the task succeeded."""
+        task = await self.infer_waiting(version_id, body)
+        if task["status"] != "success":
+            raise RequestFailed(f"task {task['id']} {task['status']}: {task['error']}")
+
     async def infer_ok(self, version_id: str, body: Body) -> None:
         """`infer`, raising RequestFailed unless the task succeeded: the load generator's view of Percept."""
         task = await self.infer(version_id, body)

@@ -1,14 +1,15 @@
 """Percept beside PyTriton and BentoML and the raw engine, in one run on one machine: images/s and latency.
 
-`.venv/bin/python -m bench.compare [--quick]` (or `make bench-compare`) prints one JSON object; about 6
+`.venv/bin/python -m bench.compare [--quick]` (or `make bench-compare`) prints one JSON object; about 7
 minutes on 2 cores once the competitors' virtualenvs exist (building them adds about 3 minutes, once).
 (a) the raw engine at its best batch size, in one process with a TensorFlow thread per core and in its
-best thread layout (a single-threaded process per core), measured before and after the servers; (b) Percept's
-multi-process mode (gateway + one consumer + RabbitMQ + SQLite), multipart and base64-JSON uploads,
-submit -> result by long poll; (c) the same SavedModels served by PyTriton and by BentoML, each decoding,
-pre-processing, predicting and ranking under its own dynamic batching. Every system gets the same JPEGs
-from the same closed-loop load generator at each concurrency, the systems taking turns at each level.
-How to read the output: bench/README.md.
+best thread layout (a single-threaded process per core), measured before and after the servers; (b)
+Percept's multi-process mode (gateway + one consumer + RabbitMQ + SQLite): multipart and base64-JSON
+uploads, submit -> result by long poll, and multipart submitted with `?wait=` (one request per image); (c)
+the same SavedModels served by PyTriton and by BentoML, each decoding, pre-processing, predicting and
+ranking under its own dynamic batching. Every system gets the same JPEGs from the same closed-loop load
+generator at each concurrency, the systems taking turns at each level. How to read the output:
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ CPUS = os.cpu_count() or 1
 CONCURRENCIES = (1, 8, 32, 64)
 LATENCY_AT = (1, 32)  # the concurrencies whose latency percentiles the summary shows
 CPU_AT = 32  # the concurrency whose CPU per image the summary shows
-SYSTEMS = ("percept_multipart", "percept_json", "triton", "bentoml")
+SYSTEMS = ("percept_multipart", "percept_json", "percept_wait", "triton", "bentoml")
 
 FULL = Plan(requests=256, raw_seconds=2.0, min_warm_up=16)
 QUICK = Plan(requests=64, raw_seconds=0.5, min_warm_up=8)
@@ -90,12 +91,17 @@ def _percept_targets(
     def send(model: BenchModel) -> Send:
         return functools.partial(percept.infer_ok, versions[model.key])
 
+    def send_waiting(model: BenchModel) -> Send:
+        return functools.partial(percept.infer_waiting_ok, versions[model.key])
+
     async def probe() -> Snapshot:
         return await snapshot(session, cluster.pids(), cluster.consumer_metrics_urls)
 
     return [
         Target("percept_multipart", inference_bodies(jpegs, Form.MULTIPART), send, probe),
         Target("percept_json", inference_bodies(jpegs, Form.JSON), send, probe),
+        # Multipart, one request per image: `?wait=` answers with the finished task.
+        Target("percept_wait", inference_bodies(jpegs, Form.MULTIPART), send_waiting, probe),
     ]
 
 
@@ -231,6 +237,9 @@ def main() -> None:
         "PERCEPT_MAX_BATCH_SIZE": str(args.percept_max_batch_size),
         "PERCEPT_MAX_BATCH_DELAY_MS": str(args.percept_max_batch_delay_ms),
         "PERCEPT_PREFETCH": str(Settings.model_fields["prefetch"].default),
+        # Percept's default layout, as the raw engine's best: one single-threaded engine process per core.
+        "PERCEPT_ENGINE_PROCESSES": str(CPUS),
+        "PERCEPT_ENGINE_THREADS": "1",
     }
     start_up: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="percept-compare-") as folder, contextlib.ExitStack() as stack:
