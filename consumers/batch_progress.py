@@ -28,7 +28,14 @@ import structlog
 
 from broker.port import Broker, BrokerUnavailable
 from broker.topology import BATCH
-from schemas.annolab import CHUNK_SIZE, BatchChunk, chunk_count, chunks_allowed, source_task_id
+from schemas.annolab import (
+    CHUNK_SIZE,
+    BatchChunk,
+    chunk_count,
+    chunks_allowed,
+    may_be_source_task,
+    source_task_id,
+)
 from schemas.common import utc_now
 from schemas.documents import (
     BATCH_OWNER,
@@ -63,7 +70,11 @@ class BatchProgress:
 
     async def record(self, outcomes: Sequence[TaskOutcome]) -> list[BatchJobDoc]:
         """Write the predictions of the outcomes that belong to batch jobs; returns those jobs."""
-        links = await self._store.get_many(BATCH_LINKS, [o.task_id for o in outcomes], owners=[BATCH_OWNER])
+        # Most outcomes are single requests': no store read for them (it was one per written batch).
+        candidates = [o.task_id for o in outcomes if may_be_source_task(o.task_id)]
+        if not candidates:
+            return []
+        links = await self._store.get_many(BATCH_LINKS, candidates, owners=[BATCH_OWNER])
         if not links:
             return []
         jobs = await self._jobs(links)

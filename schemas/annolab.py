@@ -166,3 +166,9 @@ class BatchChunk(BaseModel):
 def source_task_id(job_id: str, position: int) -> str:
     """Deterministic, so inserting the task claims the source: a chunk published twice dispatches it once."""
     return f"{job_id}.{position}"
+
+
+def may_be_source_task(task_id: str) -> bool:
+    """Whether `task_id` can be a batch job's source task (source_task_id's form): a single request's task
+    cannot, so its outcome needs no look for a batch job."""
+    return "." in task_id
