@@ -36,7 +36,7 @@ import contextvars
 import heapq
 import itertools
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -71,6 +71,9 @@ log = structlog.get_logger("engines")
 _SUSPECT_FACTOR = 10.0
 _SUSPECT_FLOOR_S = 0.5
 _LONE_IDLE_S = 30.0
+
+# What a caller awaits just before its request runs (consumers.inference counts a lone run there).
+Starting = Callable[[], Awaitable[None]]
 
 
 # Signals a process raises on itself: a failed CHECK or assert (abort), a bad memory access, an arithmetic
@@ -218,10 +221,12 @@ class EngineSlot:
         deadline_s: float | None,
         priority: int = 0,
         unless_lost: bool = False,
+        starting: Starting | None = None,
     ) -> Reply | None:
         """Calls waiting for the process go in order of `priority` (lower first), then of arrival. A batch for
         a network this process has not loaded loads it first, within `load_deadline_s`, not `deadline_s`.
-        With `unless_lost`, None if a process this call waited for was lost meanwhile (by a call ahead)."""
+        With `unless_lost`, None if a process this call waited for was lost meanwhile (by a call ahead).
+        `starting` is awaited once the process is ready to run the request, just before it does."""
         losses = self._losses
         async with self._lock.first(priority):
             if unless_lost and self._losses != losses:
@@ -232,6 +237,8 @@ class EngineSlot:
                 loaded = await self._exchange(current, load, self._load_deadline_s)
                 if isinstance(loaded, Failed):
                     return loaded
+            if starting is not None:
+                await starting()
             return await self._exchange(current, request, deadline_s)
 
     async def _exchange(self, current: _Process, request: Request | Batch, deadline_s: float | None) -> Reply:
@@ -490,12 +497,18 @@ class Engines:
                 raise ModelError(reply.error)
 
     async def run(
-        self, network: LoadedNetwork, batch: Sequence[PreparedJob], *, alone: bool, full_time: bool = False
+        self,
+        network: LoadedNetwork,
+        batch: Sequence[PreparedJob],
+        *,
+        alone: bool,
+        full_time: bool = False,
+        starting: Starting | None = None,
     ) -> BatchRun:
         """Results in input order; raises EngineLost when the process ended before answering. `alone`: a
         job's lone run, in quarantine (or a main process, when quarantine's is lost while it waits); with
         `full_time`, its last one, in the verdict process with all of PERCEPT_MAX_RUN_S instead of the
-        suspicion deadline."""
+        suspicion deadline. `starting` is awaited once a process is ready to run the batch, just before."""
         # The job (image bytes included) stays here: the inputs go through the slot's buffer, the model
         # reference down the pipe once.
         refs: dict[bytes, int] = {}  # one, unless a version changed while its jobs were batched
@@ -509,17 +522,21 @@ class Engines:
         reply: Reply | None
         if alone and full_time:
             self._keep_until_idle(self.verdict)
-            reply = await self.verdict.call(request, deadline_s=self._max_run_s)
+            reply = await self.verdict.call(request, deadline_s=self._max_run_s, starting=starting)
         elif alone:
             # Its process lost while it waited (a culprit ahead showed itself), it goes on in a main process.
             self._keep_until_idle(self.quarantine)
-            reply = await self.quarantine.call(request, deadline_s=deadline_s, unless_lost=True)
+            reply = await self.quarantine.call(
+                request, deadline_s=deadline_s, unless_lost=True, starting=starting
+            )
             while reply is None:
                 slot = self._main_for(network.network_id)
-                reply = await slot.call(request, deadline_s=deadline_s, priority=-1, unless_lost=True)
+                reply = await slot.call(
+                    request, deadline_s=deadline_s, priority=-1, unless_lost=True, starting=starting
+                )
         else:
             slot = self._main_for(network.network_id)
-            reply = await slot.call(request, deadline_s=deadline_s)
+            reply = await slot.call(request, deadline_s=deadline_s, starting=starting)
         assert reply is not None
         if isinstance(reply, Failed):
             return BatchRun(results=[ModelError(reply.error)] * len(batch), predict_s=0.0, postprocess_s=0.0)

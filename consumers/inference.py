@@ -7,8 +7,8 @@ its process alone ISOLATED_RUNS times fails for good; so does one whose lone run
 only the model's own code can (EngineLost.deterministic: the same input does it again, so a second run would
 only cost another process). A batch of one is a lone run: its loss counts as one (a stalled batch of one
 goes straight to its last lone run, rather than spin again for a suspicion deadline first). Lone runs are
-counted in the task, as each starts: a consumer that dies mid-run (its deliveries come back redelivered, and
-run alone too) leaves the count right.
+counted in the task as each starts in its engine process: a consumer that dies mid-run (its deliveries come
+back redelivered, and run alone too) leaves the count right.
 """
 
 from __future__ import annotations
@@ -208,14 +208,19 @@ class InferenceWorker:
                 " (a crash, or a run longer than PERCEPT_MAX_RUN_S); not retried"
             )
             await self._fail_for_good(prepared.job, reason)
-        # Counted as the run starts: if it ends this whole consumer, the count still names this job.
         runs = ended + 1
-        await self._store.update(TASKS, task.id, owner=task.owner, changes={"isolated_runs": runs})
-        log.info("job_isolated", isolated_runs=runs)
+
+        async def count() -> None:
+            # Counted as the run starts, its engine process up: if it ends this whole consumer, the count
+            # still names this job; a consumer that dies sooner (before its engines have even started, say)
+            # charges it no run.
+            await self._store.update(TASKS, task.id, owner=task.owner, changes={"isolated_runs": runs})
+            log.info("job_isolated", isolated_runs=runs)
+
         try:
             # The run that can fail the job has all the time there is; earlier ones, the suspicion deadline.
             last = runs >= ISOLATED_RUNS
-            run = await self._engines.run(network, [prepared], alone=True, full_time=last)
+            run = await self._engines.run(network, [prepared], alone=True, full_time=last, starting=count)
         except EngineLost as lost:
             log.warning(
                 "lone_run_lost", reason=str(lost), isolated_runs=runs, deterministic=lost.deterministic

@@ -170,6 +170,21 @@ async def test_a_first_lone_run_is_suspected_early_and_a_last_one_gets_the_whole
     assert _mean((await engines.run(network, [_job("8", 0)], alone=True)).results[0]) == 0.0
 
 
+async def test_a_run_is_announced_once_its_process_is_up_and_the_network_loaded(
+    engines: Engines, tiny_models: dict[str, Path]
+) -> None:
+    """What inference counts a lone run at: a consumer that dies before its engines are up charges none."""
+    network = _network("13", tiny_models["brightness"])
+    seen: list[tuple[int | None, bool]] = []
+
+    async def starting() -> None:
+        seen.append((engines.quarantine.pid, engines.quarantine.holds("13")))
+
+    run = await engines.run(network, [_job("13", 0)], alone=True, starting=starting)
+    assert _mean(run.results[0]) == 0.0
+    assert seen == [(engines.quarantine.pid, True)] and seen[0][0] is not None
+
+
 async def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():
