@@ -1,19 +1,26 @@
 """The consumer's side of its engine processes (consumers.engine_child): start, call, time out, replace.
 
 `mains` run the batches, one batch each at a time: by default one process per core, each with one TensorFlow
-thread (consumers.config says why). `quarantine` runs a job alone after a batch it was in ended its process (a
-crash, or a stall): the culprit shows itself there without holding up the batches of everyone else, who go on
-in a fresh main process. Quarantine starts on demand and stops when idle.
+thread (consumers.config says why). A main process that is lost is replaced at once in the background
+(forked, and loaded with the networks it held): meanwhile the batches go to the other mains, so a crash costs
+the consumer one process's share for a moment rather than a pause while every waiting batch loads a model.
+
+`quarantine` runs a job alone after a batch it was in ended its process (a crash, or a stall): the culprit
+shows itself there, ending that process in turn, without holding up anyone's batches. The batch-mates still
+waiting for quarantine then run alone in a main process, ahead of the batches there, instead of waiting for a
+fresh quarantine process: the culprit is found, and they most likely did nothing (one that did ends that main
+process alone, which proves it just as well). A job's last lone run, the one that can fail it, has a process
+of its own (`verdict`): it may take all of PERCEPT_MAX_RUN_S, and no first lone run waits behind it.
+Quarantine and verdict start on demand and stop when idle.
 
 Deadlines. TensorFlow cannot interrupt a kernel, so a run that wedges is ended by killing its process. A
 batch, and a job's first lone run, are suspected early: after ten times what this network's slowest batch
 so far took per image, times the batch's size (at least half a second, at most PERCEPT_MAX_RUN_S). A later
 lone run gets the full PERCEPT_MAX_RUN_S. A wrong suspicion only costs a rerun; what fails a job is a lone
 run that had all the time there is, or one that crashed its process in a way only the model can (below).
-Quarantine serves first lone runs before later ones, so the jobs that merely shared a batch with a culprit
-are not kept waiting behind its long last run. Loading a network into a fresh process is a request of its
-own, with the full limit: the suspicion deadline is for the run only, so a process that was just replaced
-(and must load the model again, slowly on a busy machine) is not suspected for the load.
+Loading a network into a fresh process is a request of its own, with the full limit: the suspicion deadline
+is for the run only, so a process that was just replaced (and must load the model again, slowly on a busy
+machine) is not suspected for the load.
 
 Crashes. A process that died of SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP or SIGSYS, or exited by
 itself, was ended by the code it ran: the same input does it again, so one lone run proves it
@@ -25,10 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -62,8 +70,10 @@ log = structlog.get_logger("engines")
 
 _SUSPECT_FACTOR = 10.0
 _SUSPECT_FLOOR_S = 0.5
-_QUARANTINE_IDLE_S = 30.0
-_SPARE_IDLE_S = 30.0
+_LONE_IDLE_S = 30.0
+
+# What a caller awaits just before its request runs (consumers.inference counts a lone run there).
+Starting = Callable[[], Awaitable[None]]
 
 
 # Signals a process raises on itself: a failed CHECK or assert (abort), a bad memory access, an arithmetic
@@ -153,7 +163,9 @@ class PriorityLock:
 
 
 class EngineSlot:
-    """One engine process, started on first use and replaced after it is lost; requests one at a time."""
+    """One engine process, started on first use; requests one at a time. With `replace`, a lost process is
+    replaced at once in the background (forked and loaded with the networks it held), off every request's
+    path; otherwise the next request starts one."""
 
     def __init__(
         self,
@@ -162,14 +174,16 @@ class EngineSlot:
         *,
         threads: int,
         load_deadline_s: float | None,
-        spare: Spare | None = None,
+        replace: bool = False,
     ) -> None:
         self.name = name
         self._forkserver = forkserver
         self._threads = threads
         self._load_deadline_s = load_deadline_s
-        self._spare = spare
+        self._replace = replace
         self._current: _Process | None = None
+        self._replacing: asyncio.Task[None] | None = None
+        self._losses = 0
         self._lock = PriorityLock()
         self._buffer = BatchBuffer()
         # Calls block on the pipe: each slot has its own thread for them (and for writing batches).
@@ -178,6 +192,11 @@ class EngineSlot:
     @property
     def running(self) -> bool:
         return self._current is not None
+
+    @property
+    def replacing(self) -> bool:
+        """A lost process's replacement is being started."""
+        return self._replacing is not None
 
     @property
     def pid(self) -> int | None:
@@ -195,16 +214,31 @@ class EngineSlot:
         async with self._lock.first(0):
             await self._ensure()
 
-    async def call(self, request: Request | Batch, *, deadline_s: float | None, priority: int = 0) -> Reply:
+    async def call(
+        self,
+        request: Request | Batch,
+        *,
+        deadline_s: float | None,
+        priority: int = 0,
+        unless_lost: bool = False,
+        starting: Starting | None = None,
+    ) -> Reply | None:
         """Calls waiting for the process go in order of `priority` (lower first), then of arrival. A batch for
-        a network this process has not loaded loads it first, within `load_deadline_s`, not `deadline_s`."""
+        a network this process has not loaded loads it first, within `load_deadline_s`, not `deadline_s`.
+        With `unless_lost`, None if a process this call waited for was lost meanwhile (by a call ahead).
+        `starting` is awaited once the process is ready to run the request, just before it does."""
+        losses = self._losses
         async with self._lock.first(priority):
+            if unless_lost and self._losses != losses:
+                return None
             current = await self._ensure()
             if isinstance(request, Batch) and request.network_id not in current.networks:
                 load = LoadNetwork(request.network_id, request.folder)
                 loaded = await self._exchange(current, load, self._load_deadline_s)
                 if isinstance(loaded, Failed):
                     return loaded
+            if starting is not None:
+                await starting()
             return await self._exchange(current, request, deadline_s)
 
     async def _exchange(self, current: _Process, request: Request | Batch, deadline_s: float | None) -> Reply:
@@ -246,6 +280,8 @@ class EngineSlot:
     async def stop_process(self) -> None:
         """End the process (it is started again on next use)."""
         async with self._lock.first(0):
+            if self._replacing is not None:
+                await asyncio.shield(self._replacing)
             if self._current is not None:
                 current = self._current
                 self._current = None
@@ -258,139 +294,48 @@ class EngineSlot:
         self._buffer.close()
 
     async def _ensure(self) -> _Process:
+        if self._current is None and self._replacing is not None:
+            await asyncio.shield(self._replacing)  # it failed if it left no process
         if self._current is None:
-            spare = await self._spare.take() if self._spare is not None else None
-            if spare is not None:
-                self._current = spare
-            else:
-                # The first start in a process starts the fork server (TensorFlow's import): off the loop.
-                loop = asyncio.get_running_loop()
-                self._current = await loop.run_in_executor(
-                    self._thread, _spawn, self._forkserver, self.name, self._threads
-                )
-            log.info(
-                "engine_started", engine=self.name, pid=self._current.process.pid, spare=spare is not None
+            # The first start in a process starts the fork server (TensorFlow's import): off the loop.
+            loop = asyncio.get_running_loop()
+            self._current = await loop.run_in_executor(
+                self._thread, _spawn, self._forkserver, self.name, self._threads
             )
+            log.info("engine_started", engine=self.name, pid=self._current.process.pid, replacement=False)
         return self._current
 
     def _forget(self, current: _Process, *, reason: str) -> None:
         if self._current is current:
             self._current = None
         current.connection.close()
+        self._losses += 1
         metrics.ENGINE_RESTARTS.labels(reason).inc()
         log.warning("engine_lost", engine=self.name, pid=current.process.pid, reason=reason)
-        if self._spare is not None:
-            self._spare.want(current.networks)
+        if self._replace and self._replacing is None:
+            # In a context of its own: the replacement serves no job (logs would name the lost batch's).
+            replacement = self._replacement(dict(current.networks))
+            loop = asyncio.get_running_loop()
+            self._replacing = loop.create_task(replacement, context=contextvars.Context())
 
-
-class Spare:
-    """An engine process forked and loaded ahead of need, once a process has been lost: the next slot that
-    loses its process takes it, instead of forking and loading the model while every batch waits (the load
-    takes far longer than a run of a small model, and longer still on a machine busy with the poison's
-    aftermath). It holds the networks of the processes lost lately. Poison comes in bursts: after a take, the
-    next spare is prepared at once, and none is kept once losses stop for _SPARE_IDLE_S.
-    """
-
-    def __init__(self, forkserver: ForkServerContext, *, threads: int, load_deadline_s: float | None) -> None:
-        self._forkserver = forkserver
-        self._threads = threads
-        self._load_deadline_s = load_deadline_s
-        self._networks: dict[str, str] = {}  # what a spare loads (id: folder)
-        self._preparing: asyncio.Future[_Process | None] | None = None
-        self._idle: asyncio.TimerHandle | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-spare")
-
-    def want(self, networks: dict[str, str]) -> None:
-        """A process was lost (holding `networks`): have a spare ready."""
-        self._networks.update(networks)
-        loop = asyncio.get_running_loop()
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = loop.call_later(_SPARE_IDLE_S, self._retire)
-        if self._preparing is None and self._networks:
-            self._prepare()
-
-    async def take(self) -> _Process | None:
-        """The spare (waiting for it if it is being prepared: sooner than a fresh one), or None."""
-        preparing, self._preparing = self._preparing, None
-        if preparing is None:
-            return None
-        process = await asyncio.shield(preparing)
-        if self._networks:
-            self._prepare()  # the next loss of the burst takes this one
-        if process is not None and not process.process.is_alive():
-            return None
-        return process
-
-    async def ready_pid(self) -> int | None:
-        """The prepared spare's process id, once prepared (None when there is none): for tests."""
-        preparing = self._preparing
-        current = await asyncio.shield(preparing) if preparing is not None else None
-        return current.process.pid if current is not None else None
-
-    def forget(self, network_id: str) -> None:
-        """The network changed or went: a spare holding it drops it."""
-        self._networks.pop(network_id, None)
-        if self._preparing is not None:
-            self._preparing = asyncio.ensure_future(self._dropping(self._preparing, network_id))
-
-    async def close(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._networks.clear()
-        await self._retire_now()
-        self._thread.shutdown(wait=False)
-
-    def _prepare(self) -> None:
-        networks = dict(self._networks)
-        loop = asyncio.get_running_loop()
-        self._preparing = loop.run_in_executor(self._thread, self._prepared, networks)
-
-    def _prepared(self, networks: dict[str, str]) -> _Process | None:
-        """In the spare's thread: fork, load; None if the process failed to."""
-        current = _spawn(self._forkserver, "spare", self._threads)
-        try:
-            for network_id, folder in networks.items():
-                current.connection.send(LoadNetwork(network_id, folder))
-                if not current.connection.poll(self._load_deadline_s):
-                    raise EngineLost("the spare's load ran out of time")
-                if not isinstance(current.connection.recv(), Failed):
-                    current.networks[network_id] = folder
-        except (EngineLost, EOFError, OSError) as error:
-            log.warning("spare_failed", reason=str(error))
-            current.process.kill()
-            current.connection.close()
-            _join(current.process)
-            return None
-        return current
-
-    async def _dropping(self, preparing: asyncio.Future[_Process | None], network_id: str) -> _Process | None:
-        current = await preparing
-        if current is None or network_id not in current.networks:
-            return current
+    async def _replacement(self, networks: dict[str, str]) -> None:
+        """Fork and load a process in place of a lost one; meanwhile requests go to other slots."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._thread, _exchange, current.connection, DropNetwork(network_id))
-        except EngineLost:
-            return None
-        current.networks.pop(network_id, None)
-        return current
-
-    def _retire(self) -> None:
-        self._networks.clear()
-        retiring = asyncio.ensure_future(self._retire_now())
-        _BACKGROUND.add(retiring)
-        retiring.add_done_callback(_BACKGROUND.discard)
-
-    async def _retire_now(self) -> None:
-        preparing, self._preparing = self._preparing, None
-        current = await preparing if preparing is not None else None
-        if current is not None:
-            current.connection.close()  # the child's loop ends at the end of its pipe
-            await asyncio.get_running_loop().run_in_executor(self._thread, _join, current.process)
-
-
-_BACKGROUND: set[asyncio.Future[None]] = set()  # the loop keeps only weak references to tasks
+            current = await loop.run_in_executor(
+                self._thread,
+                _prepared,
+                self._forkserver,
+                self.name,
+                self._threads,
+                networks,
+                self._load_deadline_s,
+            )
+            if current is not None:
+                self._current = current
+                log.info("engine_started", engine=self.name, pid=current.process.pid, replacement=True)
+        finally:
+            self._replacing = None
 
 
 def _spawn(forkserver: ForkServerContext, name: str, threads: int) -> _Process:
@@ -401,6 +346,35 @@ def _spawn(forkserver: ForkServerContext, name: str, threads: int) -> _Process:
     process.start()
     theirs.close()
     return _Process(process, ours)
+
+
+def _prepared(
+    forkserver: ForkServerContext,
+    name: str,
+    threads: int,
+    networks: dict[str, str],
+    load_deadline_s: float | None,
+) -> _Process | None:
+    """Fork and load `networks` (id: folder); None if the process failed to."""
+    try:
+        current = _spawn(forkserver, name, threads)
+    except OSError as error:  # no process to fork (memory, process limits): the next request tries again
+        log.warning("engine_replacement_failed", engine=name, reason=str(error))
+        return None
+    try:
+        for network_id, folder in networks.items():
+            current.connection.send(LoadNetwork(network_id, folder))
+            if not current.connection.poll(load_deadline_s):
+                raise EngineLost("the load ran out of time")
+            if not isinstance(current.connection.recv(), Failed):
+                current.networks[network_id] = folder
+    except (EngineLost, EOFError, OSError) as error:
+        log.warning("engine_replacement_failed", engine=name, reason=str(error))
+        current.process.kill()
+        current.connection.close()
+        _join(current.process)
+        return None
+    return current
 
 
 def _serve(connection: Connection, threads: int) -> None:
@@ -479,22 +453,24 @@ class Engines:
         forkserver = forkserver or context()
         self._max_run_s = max_run_s or None
         self._load_deadline_s = max(self._max_run_s, load_timeout_s) if self._max_run_s is not None else None
-        self.spare = Spare(forkserver, threads=threads, load_deadline_s=self._load_deadline_s)
         self.mains = [
             EngineSlot(
                 f"main-{index}",
                 forkserver,
                 threads=threads,
                 load_deadline_s=self._load_deadline_s,
-                spare=self.spare,
+                replace=True,
             )
             for index in range(processes)
         ]
         self.quarantine = EngineSlot(
-            "quarantine", forkserver, threads=threads, load_deadline_s=self._load_deadline_s, spare=self.spare
+            "quarantine", forkserver, threads=threads, load_deadline_s=self._load_deadline_s
+        )
+        self.verdict = EngineSlot(
+            "verdict", forkserver, threads=threads, load_deadline_s=self._load_deadline_s
         )
         self._per_image_s: dict[str, float] = {}  # the slowest batch so far, per image, per network
-        self._quarantine_idle: asyncio.TimerHandle | None = None
+        self._idle: dict[EngineSlot, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -506,11 +482,9 @@ class Engines:
         await asyncio.gather(*(slot.start() for slot in self.mains))
 
     async def stop(self) -> None:
-        if self._quarantine_idle is not None:
-            self._quarantine_idle.cancel()
-        await asyncio.gather(
-            *(slot.close() for slot in self.mains), self.quarantine.close(), self.spare.close()
-        )
+        for idle in self._idle.values():
+            idle.cancel()
+        await asyncio.gather(*(slot.close() for slot in [*self.mains, self.quarantine, self.verdict]))
 
     async def load(self, network: LoadedNetwork) -> None:
         """Load a network into every main process now (a deployment warms the model it has just checked)."""
@@ -523,10 +497,18 @@ class Engines:
                 raise ModelError(reply.error)
 
     async def run(
-        self, network: LoadedNetwork, batch: Sequence[PreparedJob], *, alone: bool, full_time: bool = False
+        self,
+        network: LoadedNetwork,
+        batch: Sequence[PreparedJob],
+        *,
+        alone: bool,
+        full_time: bool = False,
+        starting: Starting | None = None,
     ) -> BatchRun:
-        """Results in input order; raises EngineLost when the process ended before answering. `full_time`
-        gives the run all of PERCEPT_MAX_RUN_S instead of the suspicion deadline."""
+        """Results in input order; raises EngineLost when the process ended before answering. `alone`: a
+        job's lone run, in quarantine (or a main process, when quarantine's is lost while it waits); with
+        `full_time`, its last one, in the verdict process with all of PERCEPT_MAX_RUN_S instead of the
+        suspicion deadline. `starting` is awaited once a process is ready to run the batch, just before."""
         # The job (image bytes included) stays here: the inputs go through the slot's buffer, the model
         # reference down the pipe once.
         refs: dict[bytes, int] = {}  # one, unless a version changed while its jobs were batched
@@ -536,17 +518,26 @@ class Engines:
             for group in group_by_shape([item.example for item in batch])
         ]
         request = Batch(network.network_id, str(network.folder), list(refs), items, groups)
-        if alone:
-            self._keep_quarantine()
-            slot = self.quarantine
-            # First lone runs go first and are suspected early; the run that can fail a job has all the time.
-            deadline_s = self._max_run_s if full_time else self._suspect_after(network.network_id, 1)
-            priority = 1 if full_time else 0
+        deadline_s = self._suspect_after(network.network_id, len(batch))
+        reply: Reply | None
+        if alone and full_time:
+            self._keep_until_idle(self.verdict)
+            reply = await self.verdict.call(request, deadline_s=self._max_run_s, starting=starting)
+        elif alone:
+            # Its process lost while it waited (a culprit ahead showed itself), it goes on in a main process.
+            self._keep_until_idle(self.quarantine)
+            reply = await self.quarantine.call(
+                request, deadline_s=deadline_s, unless_lost=True, starting=starting
+            )
+            while reply is None:
+                slot = self._main_for(network.network_id)
+                reply = await slot.call(
+                    request, deadline_s=deadline_s, priority=-1, unless_lost=True, starting=starting
+                )
         else:
             slot = self._main_for(network.network_id)
-            deadline_s = self._suspect_after(network.network_id, len(batch))
-            priority = 0
-        reply = await slot.call(request, deadline_s=deadline_s, priority=priority)
+            reply = await slot.call(request, deadline_s=deadline_s, starting=starting)
+        assert reply is not None
         if isinstance(reply, Failed):
             return BatchRun(results=[ModelError(reply.error)] * len(batch), predict_s=0.0, postprocess_s=0.0)
         assert not isinstance(reply, Ready)
@@ -558,17 +549,17 @@ class Engines:
         return run
 
     def _main_for(self, network_id: str) -> EngineSlot:
-        """The main process with the fewest calls running or waiting, one holding the network among equals.
-        The caller takes its place before yielding to the loop (EngineSlot.call locks at once when free), so
-        two batches started together never pick the same free process."""
-        return min(self.mains, key=lambda slot: (slot.queued, not slot.holds(network_id)))
+        """The main process with the fewest calls running or waiting, one holding the network among equals,
+        and not one being replaced while another runs. The caller takes its place before yielding to the loop
+        (EngineSlot.call locks at once when free), so two batches started together never pick the same free
+        process."""
+        return min(self.mains, key=lambda slot: (slot.replacing, slot.queued, not slot.holds(network_id)))
 
     def drop(self, network_id: str) -> None:
         """Forget a network everywhere (evicted, deleted or redeployed): its next use loads it again."""
         self._per_image_s.pop(network_id, None)
-        self.spare.forget(network_id)
-        for slot in [*self.mains, self.quarantine]:
-            if slot.running:
+        for slot in [*self.mains, self.quarantine, self.verdict]:
+            if slot.running or slot.replacing:
                 dropping = asyncio.get_running_loop().create_task(_drop(slot, network_id))
                 self._background.add(dropping)  # the loop keeps only weak references to tasks
                 dropping.add_done_callback(self._background.discard)
@@ -581,15 +572,14 @@ class Engines:
             return self._max_run_s
         return min(self._max_run_s, max(_SUSPECT_FLOOR_S, _SUSPECT_FACTOR * per_image * size))
 
-    def _keep_quarantine(self) -> None:
-        """The quarantine process holds a model nobody else is using: it goes once lone runs stop coming."""
-        if self._quarantine_idle is not None:
-            self._quarantine_idle.cancel()
-        loop = asyncio.get_running_loop()
-        self._quarantine_idle = loop.call_later(_QUARANTINE_IDLE_S, self._stop_quarantine)
+    def _keep_until_idle(self, slot: EngineSlot) -> None:
+        """A lone-run process holds a model nobody else is using: it goes once its runs stop coming."""
+        if slot in self._idle:
+            self._idle[slot].cancel()
+        self._idle[slot] = asyncio.get_running_loop().call_later(_LONE_IDLE_S, self._stop, slot)
 
-    def _stop_quarantine(self) -> None:
-        stopping = asyncio.get_running_loop().create_task(self.quarantine.stop_process())
+    def _stop(self, slot: EngineSlot) -> None:
+        stopping = asyncio.get_running_loop().create_task(slot.stop_process())
         self._background.add(stopping)
         stopping.add_done_callback(self._background.discard)
 

@@ -3,10 +3,12 @@ engine process, store, then ack.
 
 A batch whose engine process crashed or stalled gives each of its jobs a lone run in the quarantine process
 (consumers.engines), so that the culprit shows itself while everyone else's batches go on. A job that ends
-its process alone ISOLATED_RUNS times fails for good; so does one whose lone run (or batch of one) crashed
-the process in a way only the model's own code can (EngineLost.deterministic: the same input does it again,
-so a second run would only cost another process). Lone runs are counted in the task, as each starts: a
-consumer that dies mid-run (its deliveries come back redelivered, and run alone too) leaves the count right.
+its process alone ISOLATED_RUNS times fails for good; so does one whose lone run crashed the process in a way
+only the model's own code can (EngineLost.deterministic: the same input does it again, so a second run would
+only cost another process). A batch of one is a lone run: its loss counts as one (a stalled batch of one
+goes straight to its last lone run, rather than spin again for a suspicion deadline first). Lone runs are
+counted in the task as each starts in its engine process: a consumer that dies mid-run (its deliveries come
+back redelivered, and run alone too) leaves the count right.
 """
 
 from __future__ import annotations
@@ -47,10 +49,12 @@ ISOLATED_RUNS = 2
 @dataclass(frozen=True)
 class Lost:
     """The batch's engine process ended before answering: the job runs again, alone, unless `culprit`
-    (a batch of this job alone that the process ended itself on: see EngineLost.deterministic)."""
+    (a batch of this job alone that the process ended itself on: see EngineLost.deterministic). `lone`: the
+    batch was this job alone, a lone run that is not in the task's count."""
 
     reason: str
     culprit: bool = False
+    lone: bool = False
 
 
 Outcome = dict[str, Any] | ModelError | Lost
@@ -168,7 +172,8 @@ class InferenceWorker:
             while isinstance(result, Lost):
                 if result.culprit:
                     await self._fail_for_good(job, _crashed_reason(result.reason))
-                result = await self._run_alone(await self._task(job), network, prepared)
+                task = await self._task(job)
+                result = await self._run_alone(task, network, prepared, uncounted=int(result.lone))
         except (FetchError, EngineError) as error:
             return TaskOutcome(task_id=job.task_id, status=TaskStatus.ERROR, error=str(error))
         if isinstance(result, ModelError):
@@ -192,21 +197,30 @@ class InferenceWorker:
         )
         raise PermanentFailure(reason)
 
-    async def _run_alone(self, task: TaskDoc, network: LoadedNetwork, prepared: PreparedJob) -> Outcome:
-        if task.isolated_runs >= ISOLATED_RUNS:
+    async def _run_alone(
+        self, task: TaskDoc, network: LoadedNetwork, prepared: PreparedJob, *, uncounted: int = 0
+    ) -> Outcome:
+        """`uncounted`: lone runs that ended their process, not in the task's count (a batch of one)."""
+        ended = task.isolated_runs + uncounted
+        if ended >= ISOLATED_RUNS:
             reason = (
-                f"running this input alone ended the model's process {task.isolated_runs} times"
+                f"running this input alone ended the model's process {ended} times"
                 " (a crash, or a run longer than PERCEPT_MAX_RUN_S); not retried"
             )
             await self._fail_for_good(prepared.job, reason)
-        # Counted as the run starts: if it ends this whole consumer, the count still names this job.
-        runs = task.isolated_runs + 1
-        await self._store.update(TASKS, task.id, owner=task.owner, changes={"isolated_runs": runs})
-        log.info("job_isolated", isolated_runs=runs)
+        runs = ended + 1
+
+        async def count() -> None:
+            # Counted as the run starts, its engine process up: if it ends this whole consumer, the count
+            # still names this job; a consumer that dies sooner (before its engines have even started, say)
+            # charges it no run.
+            await self._store.update(TASKS, task.id, owner=task.owner, changes={"isolated_runs": runs})
+            log.info("job_isolated", isolated_runs=runs)
+
         try:
             # The run that can fail the job has all the time there is; earlier ones, the suspicion deadline.
             last = runs >= ISOLATED_RUNS
-            run = await self._engines.run(network, [prepared], alone=True, full_time=last)
+            run = await self._engines.run(network, [prepared], alone=True, full_time=last, starting=count)
         except EngineLost as lost:
             log.warning(
                 "lone_run_lost", reason=str(lost), isolated_runs=runs, deterministic=lost.deterministic
@@ -228,7 +242,8 @@ class InferenceWorker:
             run = await self._engines.run(batch[0].network, prepared, alone=False)
         except EngineLost as lost:
             log.warning("batch_lost", reason=str(lost), size=len(batch), task_ids=task_ids)
-            return [Lost(str(lost), culprit=lost.deterministic and len(batch) == 1)] * len(batch)
+            lone = len(batch) == 1
+            return [Lost(str(lost), culprit=lone and lost.deterministic, lone=lone)] * len(batch)
         metrics.PREDICT_SECONDS.observe(run.predict_s)
         metrics.POSTPROCESS_SECONDS.observe(run.postprocess_s)
         log.info(

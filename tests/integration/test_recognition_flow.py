@@ -22,9 +22,9 @@ async def _deployed(stack: Stack, folder: Path, *, target_size: str) -> dict[str
 
 
 async def _classifier_version(
-    stack: Stack, tiny_models: dict[str, Path]
+    stack: Stack, tiny_models: dict[str, Path], model: str = "brightness"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    network = await _deployed(stack, tiny_models["brightness"], target_size="16x16")
+    network = await _deployed(stack, tiny_models[model], target_size="16x16")
     spec_body = {
         "name": "brightness",
         "outputs": [
