@@ -52,9 +52,10 @@ _MEMORY_MARKERS = (
     "bad_alloc",  # C++
     "MemoryError",  # Python
     "memory allocation of",  # Rust extensions
-    "Cannot allocate memory",
+    "cannot allocate memory",  # strerror(ENOMEM), and glibc's "... for thread-local data" on a new thread
     "mmap error",
 )
+_HELD_ALREADY = "TensorFlow alone holds"
 
 
 class TrialFailure(str, Enum):
@@ -151,12 +152,14 @@ class Sandbox:
         except ValueError:
             result = None
         if returncode == 0 and result is not None:
+            if result.failure is TrialFailure.MEMORY and result.error.startswith(_HELD_ALREADY):
+                return result.model_copy(update={"error": f"{memory} is too low: {result.error}"})
             if result.failure is TrialFailure.MEMORY:
                 # TensorFlow's OOM message runs to a paragraph of hints; the line naming the tensor is enough.
                 detail = _last_line(result.error, _MEMORY_MARKERS)
                 return result.model_copy(update={"error": f"the model exceeded {memory}: {detail}"})
             return result
-        if any(marker in tail for marker in _MEMORY_MARKERS):
+        if _mentions(tail, _MEMORY_MARKERS):
             detail = _last_line(tail, _MEMORY_MARKERS)
             return TrialResult(
                 ok=False, failure=TrialFailure.MEMORY, error=f"the model exceeded {memory}: {detail}"
@@ -191,23 +194,51 @@ def _tail(output: Path) -> bytes:
         return file.read()
 
 
+def _mentions(text: str, markers: tuple[str, ...]) -> bool:
+    """Whether `text` contains a marker, whatever the case (libraries capitalise the same message apart)."""
+    folded = text.casefold()
+    return any(marker.casefold() in folded for marker in markers)
+
+
 def _last_line(text: str, markers: tuple[str, ...]) -> str:
     """The last non-empty line of `text` (containing a marker, when markers are given), shortened."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if markers:
-        lines = [line for line in lines if any(marker in line for marker in markers)] or lines
+        lines = [line for line in lines if _mentions(line, markers)] or lines
     return lines[-1][:300] if lines else ""
 
 
 # --- The child ---------------------------------------------------------------------------------------------
 
 
-def _limit_memory(memory_mb: int) -> None:
+def _limit_memory(memory_mb: int) -> TrialResult | None:
+    """Set the limit; a failed trial at once if the process holds more already (TensorFlow alone does, under
+    a limit this low: the first allocation then fails, in whichever library, and not all of them say why)."""
     import resource
 
+    held_mb = _data_mb()
+    if held_mb is not None and held_mb >= memory_mb:
+        return TrialResult(
+            ok=False,
+            failure=TrialFailure.MEMORY,
+            error=f"{_HELD_ALREADY} {held_mb} MB before any model is loaded",
+        )
     limit = memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash of a large process writes no core file
+    return None
+
+
+def _data_mb() -> int | None:
+    """The private writable memory this process holds (VmData: what RLIMIT_DATA limits), in MB."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmData:"):
+            return int(line.split()[1]) // 1024
+    return None
 
 
 def _zeros(signature: Signature) -> dict[str, np.ndarray] | None:
@@ -233,7 +264,7 @@ def _out_of_memory(error: BaseException) -> bool:
     while seen is not None:
         if isinstance(seen, MemoryError | tf.errors.ResourceExhaustedError):
             return True
-        if any(marker in str(seen) for marker in _MEMORY_MARKERS):
+        if _mentions(str(seen), _MEMORY_MARKERS):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -270,5 +301,5 @@ def _child(connection: Connection, memory_mb: int, request: TrialRequest, output
     printed = os.open(output, os.O_WRONLY | os.O_TRUNC)
     os.dup2(printed, 1)
     os.dup2(printed, 2)
-    _limit_memory(memory_mb)
-    connection.send_bytes(_trial(request).model_dump_json().encode())
+    refused = _limit_memory(memory_mb)
+    connection.send_bytes((refused or _trial(request)).model_dump_json().encode())

@@ -114,12 +114,14 @@ async def test_a_model_with_abort_is_refused_by_the_scan_naming_the_op(hostile: 
     assert "Abort (function" in result.error
 
 
-async def test_a_child_killed_by_running_out_of_memory_is_told_apart(tiny_models: dict[str, Path]) -> None:
-    # 100 MB cannot even hold TensorFlow: the child dies on an allocation before it can write any result.
+async def test_a_limit_below_what_tensorflow_itself_holds_is_named(tiny_models: dict[str, Path]) -> None:
+    # 100 MB cannot even hold TensorFlow: under it the first allocation fails, in whichever library (glibc
+    # aborts a new thread, a C extension may segfault), so the child checks before it sets the limit.
     sandbox = Sandbox(SandboxLimits(memory_mb=100, timeout_s=120))
     result = await sandbox.trial(tiny_models["brightness"], PREPROCESSING, [])
     assert not result.ok and result.failure is TrialFailure.MEMORY, result
     assert "memory limit of 100 MB (PERCEPT_SANDBOX_MEMORY_MB)" in result.error
+    assert "TensorFlow alone holds" in result.error
 
 
 def test_a_child_that_dies_without_a_result_is_described() -> None:
@@ -135,6 +137,8 @@ def test_a_child_that_dies_without_a_result_is_described() -> None:
     assert "PERCEPT_SANDBOX_MEMORY_MB" in starved.error
     rust = sandbox._interpret(-6, b"", b"memory allocation of 262144 bytes failed\nskipping backtrace\n")
     assert rust.failure is TrialFailure.MEMORY and "262144 bytes" in rust.error
+    thread = sandbox._interpret(127, b"", b"cannot allocate memory for thread-local data: ABORT\n")
+    assert thread.failure is TrialFailure.MEMORY and "thread-local data" in thread.error
     garbled = sandbox._interpret(0, b"not json", b"")
     assert garbled.failure is TrialFailure.CRASH and "exited with status 0" in garbled.error
 
