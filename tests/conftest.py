@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -104,17 +105,22 @@ class Stack:
         return network
 
 
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+@contextlib.asynccontextmanager
+async def embedded_stack(tmp_path: Path, **consumer: Any) -> AsyncIterator[Stack]:
+    """The gateway, a consumer and the in-process broker over a SQLite store in `tmp_path`, both test keys
+    issued; `consumer` overrides the consumer's settings."""
     store = await open_store("", tmp_path)
     broker = MemoryBroker()
     await broker.start()
     config = ConsumerConfig(
-        cache_dir=tmp_path / "cache",
-        max_batch_delay_s=0.002,
-        outbound_allow=("127.0.0.1/32",),
-        webhook_retry_schedule=WEBHOOK_RETRY_SCHEDULE,
-        webhook_timeout_s=WEBHOOK_TIMEOUT_S,
+        **{
+            "cache_dir": tmp_path / "cache",
+            "max_batch_delay_s": 0.002,
+            "outbound_allow": ("127.0.0.1/32",),
+            "webhook_retry_schedule": WEBHOOK_RETRY_SCHEDULE,
+            "webhook_timeout_s": WEBHOOK_TIMEOUT_S,
+            **consumer,
+        }
     )
     service = ConsumerService(store, broker, config)
     await service.start()
@@ -130,6 +136,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         await service.stop(grace_s=5)
         await broker.close()
         await store.close()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with embedded_stack(tmp_path) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

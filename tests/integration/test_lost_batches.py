@@ -8,17 +8,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from broker.memory import MemoryBroker
 from consumers import metrics
-from consumers.config import ConsumerConfig
-from consumers.service import ConsumerService
-from gateway.app import create_app
-from gateway.auth import ensure_api_key
-from gateway.context import GatewayConfig
-from store.factory import open_store
-from tests.conftest import API_KEY, Stack, png
+from tests.conftest import Stack, embedded_stack, png
 from tests.integration.test_recognition_flow import _classifier_version
 
 MAX_RUN_S = 2.0
@@ -27,22 +19,8 @@ MAX_RUN_S = 2.0
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     """The shared fixture's stack, with a short PERCEPT_MAX_RUN_S: a wedged last lone run ends in seconds."""
-    store = await open_store("", tmp_path)
-    broker = MemoryBroker()
-    await broker.start()
-    config = ConsumerConfig(cache_dir=tmp_path / "cache", max_batch_delay_s=0.002, max_run_s=MAX_RUN_S)
-    service = ConsumerService(store, broker, config)
-    await service.start()
-    client = TestClient(TestServer(create_app(GatewayConfig(), store=store, broker=broker)))
-    await client.start_server()
-    await ensure_api_key(store, API_KEY)
-    try:
-        yield Stack(client=client, store=store, broker=broker)
-    finally:
-        await client.close()
-        await service.stop(grace_s=5)
-        await broker.close()
-        await store.close()
+    async with embedded_stack(tmp_path, max_run_s=MAX_RUN_S) as running:
+        yield running
 
 
 async def _infer(stack: Stack, version_id: str, shade: int) -> dict[str, object]:

@@ -10,18 +10,10 @@ from typing import Any
 
 import pytest
 import tensorflow as tf
-from aiohttp.test_utils import TestClient, TestServer
 
-from broker.memory import MemoryBroker
-from consumers.config import ConsumerConfig
 from consumers.sandbox import Sandbox, SandboxLimits, TrialFailure
-from consumers.service import ConsumerService
-from gateway.app import create_app
-from gateway.auth import ensure_api_key
-from gateway.context import GatewayConfig
 from schemas.networks import Preprocessing
-from store.factory import open_store
-from tests.conftest import API_KEY, Stack, png
+from tests.conftest import Stack, embedded_stack, png
 
 MEMORY_MB = 1024  # TensorFlow and a tiny model need about 450 MB of it
 PREPROCESSING = Preprocessing.model_validate(
@@ -146,26 +138,8 @@ def test_a_child_that_dies_without_a_result_is_described() -> None:
 @pytest.fixture
 async def limited_stack(tmp_path: Path) -> AsyncIterator[Stack]:
     """The embedded stack of tests/conftest.py with a small sandbox memory limit."""
-    store = await open_store("", tmp_path)
-    broker = MemoryBroker()
-    await broker.start()
-    config = ConsumerConfig(
-        cache_dir=tmp_path / "cache", max_batch_delay_s=0.002, sandbox_memory_mb=MEMORY_MB
-    )
-    service = ConsumerService(store, broker, config)
-    await service.start()
-    client = TestClient(
-        TestServer(create_app(GatewayConfig(max_request_bytes=8 * 2**20), store=store, broker=broker))
-    )
-    await client.start_server()
-    await ensure_api_key(store, API_KEY)
-    try:
-        yield Stack(client=client, store=store, broker=broker)
-    finally:
-        await client.close()
-        await service.stop(grace_s=5)
-        await broker.close()
-        await store.close()
+    async with embedded_stack(tmp_path, sandbox_memory_mb=MEMORY_MB) as running:
+        yield running
 
 
 async def _version(stack: Stack, network_id: int) -> dict[str, Any]:
