@@ -69,9 +69,11 @@ class Percept:
         self._url = url + "/v0.7"
         self._headers = {"X-API-KEY": key}
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def _call(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         async with self._session.request(
-            method, self._url + path, headers=self._headers, **kwargs
+            method, self._url + path, headers={**self._headers, **(headers or {})}, **kwargs
         ) as response:
             if not 200 <= response.status < 300:
                 raise RequestFailed(f"{method} {path}: {response.status} {(await response.text())[:300]}")
@@ -85,14 +87,14 @@ class Percept:
             if task["status"] != "pending":
                 return task
 
+    async def _post_inference(self, version_id: str, body: Body, **params: str) -> dict[str, Any]:
+        path = f"/recognition/versions/{version_id}/inference"
+        headers = {"Content-Type": body.content_type}
+        return await self._call("POST", path, data=body.data, headers=headers, params=params)
+
     async def submit(self, version_id: str, body: Body) -> str:
         """Submit one image to a version; its task id."""
-        headers = {**self._headers, "Content-Type": body.content_type}
-        path = f"/recognition/versions/{version_id}/inference"
-        async with self._session.post(self._url + path, data=body.data, headers=headers) as response:
-            if not 200 <= response.status < 300:
-                raise RequestFailed(f"POST {path}: {response.status} {(await response.text())[:300]}")
-            return str((await response.json())["task_id"])
+        return str((await self._post_inference(version_id, body))["task_id"])
 
     async def infer(self, version_id: str, body: Body) -> dict[str, Any]:
         """Submit one image to a version and return the finished task."""
@@ -100,29 +102,16 @@ class Percept:
 
     async def infer_waiting(self, version_id: str, body: Body) -> dict[str, Any]:
         """Submit one image with `?wait=`: the answer holds the finished task, one request in all."""
-        headers = {**self._headers, "Content-Type": body.content_type}
-        path = f"/recognition/versions/{version_id}/inference"
-        params = {"wait": str(LONG_POLL_S)}
-        async with self._session.post(
-            self._url + path, data=body.data, headers=headers, params=params
-        ) as response:
-            if not 200 <= response.status < 300:
-                raise RequestFailed(f"POST {path}: {response.status} {(await response.text())[:300]}")
-            answer: dict[str, Any] = await response.json()
-        task: dict[str, Any] = answer["task"]
+        task: dict[str, Any] = (await self._post_inference(version_id, body, wait=str(LONG_POLL_S)))["task"]
         return task if task["status"] != "pending" else await self.finished(task["id"])
 
     async def infer_waiting_ok(self, version_id: str, body: Body) -> None:
         """`infer_waiting`, raising RequestFailed unless the task succeeded."""
-        task = await self.infer_waiting(version_id, body)
-        if task["status"] != "success":
-            raise RequestFailed(f"task {task['id']} {task['status']}: {task['error']}")
+        _succeeded(await self.infer_waiting(version_id, body))
 
     async def infer_ok(self, version_id: str, body: Body) -> None:
         """`infer`, raising RequestFailed unless the task succeeded: the load generator's view of Percept."""
-        task = await self.infer(version_id, body)
-        if task["status"] != "success":
-            raise RequestFailed(f"task {task['id']} {task['status']}: {task['error']}")
+        _succeeded(await self.infer(version_id, body))
 
     async def deploy(self, model: BenchModel, folder: Path) -> str:
         """Upload the SavedModel as a network, wait until a consumer loaded it; create spec and version."""
@@ -144,3 +133,8 @@ class Percept:
             },
         )
         return str(version["id"])
+
+
+def _succeeded(task: dict[str, Any]) -> None:
+    if task["status"] != "success":
+        raise RequestFailed(f"task {task['id']} {task['status']}: {task['error']}")

@@ -48,13 +48,18 @@ ISOLATED_RUNS = 2
 
 @dataclass(frozen=True)
 class Lost:
-    """The batch's engine process ended before answering: the job runs again, alone, unless `culprit`
-    (a batch of this job alone that the process ended itself on: see EngineLost.deterministic). `lone`: the
-    batch was this job alone, a lone run that is not in the task's count."""
+    """The batch's engine process ended before answering: the job runs again, alone, unless `culprit`.
+    `lone`: the batch was this job alone, a lone run that is not in the task's count; `deterministic`: the
+    process ended itself (EngineLost.deterministic)."""
 
     reason: str
-    culprit: bool = False
     lone: bool = False
+    deterministic: bool = False
+
+    @property
+    def culprit(self) -> bool:
+        """A batch of this job alone that the process ended itself on: the same input does it again."""
+        return self.lone and self.deterministic
 
 
 Outcome = dict[str, Any] | ModelError | Lost
@@ -242,8 +247,7 @@ class InferenceWorker:
             run = await self._engines.run(batch[0].network, prepared, alone=False)
         except EngineLost as lost:
             log.warning("batch_lost", reason=str(lost), size=len(batch), task_ids=task_ids)
-            lone = len(batch) == 1
-            return [Lost(str(lost), culprit=lone and lost.deterministic, lone=lone)] * len(batch)
+            return [Lost(str(lost), lone=len(batch) == 1, deterministic=lost.deterministic)] * len(batch)
         metrics.PREDICT_SECONDS.observe(run.predict_s)
         metrics.POSTPROCESS_SECONDS.observe(run.postprocess_s)
         log.info(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ def _decode_base64(text: str, field: str) -> bytes:
     except (binascii.Error, ValueError):
         pass
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
+        return b64decode_strict("".join(text.split()))
     except (binascii.Error, ValueError):
         raise InvalidInput(
             "not a URL (http/https), a data URI (data:image/*;base64,...) or base64 image bytes", field=field

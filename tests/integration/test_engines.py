@@ -4,6 +4,7 @@ wedges, and goes on with the next batch in a fresh process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -50,14 +51,26 @@ def _lost(reason: str) -> float:
     return metrics.ENGINE_RESTARTS.labels(reason)._value.get()  # type: ignore[attr-defined,no-any-return]
 
 
-@pytest.fixture
-async def engines() -> AsyncIterator[Engines]:
-    running = Engines(max_run_s=MAX_RUN_S)
+@contextlib.asynccontextmanager
+async def _started(processes: int) -> AsyncIterator[Engines]:
+    running = Engines(max_run_s=MAX_RUN_S, processes=processes)
     await running.start()
     try:
         yield running
     finally:
         await running.stop()
+
+
+@pytest.fixture
+async def engines() -> AsyncIterator[Engines]:
+    async with _started(processes=1) as running:
+        yield running
+
+
+@pytest.fixture
+async def two_engines() -> AsyncIterator[Engines]:
+    async with _started(processes=2) as running:
+        yield running
 
 
 async def test_a_batch_runs_in_the_engine_process_with_results_in_input_order(
@@ -193,25 +206,20 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None
 
 
 async def test_a_lost_main_process_is_replaced_in_the_background_while_batches_go_to_the_others(
-    tiny_models: dict[str, Path],
+    two_engines: Engines, tiny_models: dict[str, Path]
 ) -> None:
-    engines = Engines(max_run_s=MAX_RUN_S, processes=2)
-    await engines.start()
-    try:
-        network = _network("9", tiny_models["crashing"])
-        await engines.load(network)
-        with pytest.raises(EngineLost):
-            await engines.run(network, [_job("9", 0), _job("9", 255)], alone=False)
-        (lost,) = [slot for slot in engines.mains if not slot.running]
-        assert lost.replacing
-        # The next batches go to the process still running, without waiting for the replacement's load.
-        for _ in range(3):
-            assert _mean((await engines.run(network, [_job("9", 0)], alone=False)).results[0]) == 0.0
-        assert lost.replacing
-        await _until(lambda: lost.running)
-        assert lost.holds("9")  # loaded in the background, with the network the lost process held
-    finally:
-        await engines.stop()
+    network = _network("9", tiny_models["crashing"])
+    await two_engines.load(network)
+    with pytest.raises(EngineLost):
+        await two_engines.run(network, [_job("9", 0), _job("9", 255)], alone=False)
+    (lost,) = [slot for slot in two_engines.mains if not slot.running]
+    assert lost.replacing
+    # The next batches go to the process still running, without waiting for the replacement's load.
+    for _ in range(3):
+        assert _mean((await two_engines.run(network, [_job("9", 0)], alone=False)).results[0]) == 0.0
+    assert lost.replacing
+    await _until(lambda: lost.running)
+    assert lost.holds("9")  # loaded in the background, with the network the lost process held
 
 
 async def test_a_network_dropped_while_a_replacement_loads_it_is_dropped_from_the_replacement(
@@ -243,21 +251,16 @@ async def test_first_lone_runs_waiting_when_the_quarantine_process_is_lost_go_on
 
 
 async def test_batches_run_side_by_side_in_as_many_processes_as_configured(
-    tiny_models: dict[str, Path],
+    two_engines: Engines, tiny_models: dict[str, Path]
 ) -> None:
     """While one process spins on a wedged batch, the other serves the next batch: they do not queue."""
-    engines = Engines(max_run_s=MAX_RUN_S, processes=2)
-    await engines.start()
-    try:
-        network = _network("10", tiny_models["wedging"])
-        await engines.run(network, [_job("10", 0)] * 4, alone=False)  # measures the pace
-        wedged = asyncio.create_task(engines.run(network, [_job("10", 255)], alone=False))
-        await asyncio.sleep(0)  # the wedged batch takes its process first
-        served = await engines.run(network, [_job("10", 0), _job("10", 128)], alone=False)
-        assert [round(_mean(result), 2) for result in served.results] == [0.0, 0.5]
-        assert not wedged.done()
-        with pytest.raises(EngineLost, match="ran longer than"):
-            await wedged
-        assert len({slot.pid for slot in engines.mains}) == 2
-    finally:
-        await engines.stop()
+    network = _network("10", tiny_models["wedging"])
+    await two_engines.run(network, [_job("10", 0)] * 4, alone=False)  # measures the pace
+    wedged = asyncio.create_task(two_engines.run(network, [_job("10", 255)], alone=False))
+    await asyncio.sleep(0)  # the wedged batch takes its process first
+    served = await two_engines.run(network, [_job("10", 0), _job("10", 128)], alone=False)
+    assert [round(_mean(result), 2) for result in served.results] == [0.0, 0.5]
+    assert not wedged.done()
+    with pytest.raises(EngineLost, match="ran longer than"):
+        await wedged
+    assert len({slot.pid for slot in two_engines.mains}) == 2
