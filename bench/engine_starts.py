@@ -22,7 +22,6 @@ import asyncio
 import io
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from consumers.models import LoadedNetwork
 from schemas.messages import InferenceJob, JobImage, ModelRef
 from schemas.networks import Preprocessing
 
+# bench.probes (aiohttp) and percept.* are imported where used: every child of the fork server imports this
+# module, as each engine process imports percept.cli, so what it imports at load counts in every start.
 DEFAULT_CACHE = Path("data/bench-models")
 # The crashing classifier's input, its pixels as they are: a bright image (mean above 0.9) aborts it.
 CRASHING_INPUT = Preprocessing.model_validate(
@@ -48,32 +49,28 @@ CRASHING_INPUT = Preprocessing.model_validate(
 )
 
 
-def _process_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
-    return usage.ru_utime + usage.ru_stime
-
-
 def _machine_busy_s() -> float:
-    with open("/proc/stat") as stat:
-        ticks = [int(field) for field in stat.readline().split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle and iowait
-    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+    from bench.probes import machine_ticks
+
+    busy, _, _ = machine_ticks()
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _stages(folder: str, replies: Connection) -> None:
     """In a child of the fork server: each stage of a start, in CPU ms."""
     import tensorflow as tf
 
+    from bench.probes import own_cpu_seconds
     from engine.model import SavedModel
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     stages: dict[str, float] = {}
-    started = _process_cpu_s()
+    started = own_cpu_seconds()
 
     def mark(stage: str) -> None:
         nonlocal started
-        now = _process_cpu_s()
+        now = own_cpu_seconds()
         stages[stage] = round(1000 * (now - started), 1)
         started = now
 
@@ -118,6 +115,8 @@ def _grey_job(network_id: str, grey: int) -> PreparedJob:
 
 
 async def _crash_and_replace(folder: Path, crashes: int, runs: int) -> dict[str, Any]:
+    from bench.probes import own_cpu_seconds
+
     network = LoadedNetwork(network_id="crashing", folder=folder, mean=None, size_bytes=1)
     engines = Engines(max_run_s=10, processes=1)
     await engines.start()
@@ -133,7 +132,7 @@ async def _crash_and_replace(folder: Path, crashes: int, runs: int) -> dict[str,
             await engines.run(network, [dark], alone=False)
         steady_ms = 1000 * (_machine_busy_s() - busy) / runs
 
-        busy, consumer, wall = _machine_busy_s(), _process_cpu_s(), time.perf_counter()
+        busy, consumer, wall = _machine_busy_s(), own_cpu_seconds(), time.perf_counter()
         for _ in range(crashes):
             try:
                 await engines.run(network, [dark, bright], alone=False)
@@ -145,7 +144,7 @@ async def _crash_and_replace(folder: Path, crashes: int, runs: int) -> dict[str,
         return {
             "crashes": crashes,
             "machine_cpu_ms_per_crash": round(cycle_ms, 1),
-            "consumer_cpu_ms_per_crash": round(1000 * (_process_cpu_s() - consumer) / crashes, 1),
+            "consumer_cpu_ms_per_crash": round(1000 * (own_cpu_seconds() - consumer) / crashes, 1),
             "wall_ms_per_crash": round(1000 * (time.perf_counter() - wall) / crashes, 1),
             "steady_run_machine_cpu_ms": round(steady_ms, 2),
             "ratio_to_steady_run": round(cycle_ms / steady_ms, 1),
@@ -155,8 +154,6 @@ async def _crash_and_replace(folder: Path, crashes: int, runs: int) -> dict[str,
 
 
 def main() -> None:
-    # Here, not at the top: every child of the fork server imports the main module (as each engine process
-    # imports percept.cli), so whatever this module imports at load is counted in every start measured.
     from percept.logs import configure_logging
     from percept.settings import LogFormat
 
