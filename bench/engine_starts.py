@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import statistics
@@ -30,23 +29,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from bench.models import MODELS, ensure_built
-from consumers.compute import PreparedJob, prepare
 from consumers.engines import EngineLost, Engines
 from consumers.forkserver import context
 from consumers.models import LoadedNetwork
-from schemas.messages import InferenceJob, JobImage, ModelRef
-from schemas.networks import Preprocessing
+from tests.images import grey_job
 
 # bench.probes (aiohttp) and percept.* are imported where used: every child of the fork server imports this
 # module, as each engine process imports percept.cli, so what it imports at load counts in every start.
 DEFAULT_CACHE = Path("data/bench-models")
-# The crashing classifier's input, its pixels as they are: a bright image (mean above 0.9) aborts it.
-CRASHING_INPUT = Preprocessing.model_validate(
-    {"inputs": [{"tensor_name": "image", "image": {"target_size": "16x16", "pixel_scaling": 1.0}}]}
-)
 
 
 def _machine_busy_s() -> float:
@@ -105,15 +96,6 @@ def _build_crashing(folder: Path) -> None:
     build_crashing_classifier(folder)
 
 
-def _grey_job(network_id: str, grey: int) -> PreparedJob:
-    encoded = io.BytesIO()
-    Image.new("RGB", (16, 16), (grey, grey, grey)).save(encoded, format="PNG")
-    data = encoded.getvalue()
-    model = ModelRef(network_id=network_id, network_files=[], preprocessing=CRASHING_INPUT)
-    job = InferenceJob(task_id=f"grey-{grey}", owner="bench", model=model, image=JobImage(data=data))
-    return prepare(job, data, mean=None, max_pixels=10_000_000)
-
-
 async def _crash_and_replace(folder: Path, crashes: int, runs: int) -> dict[str, Any]:
     from bench.probes import own_cpu_seconds
 
@@ -122,7 +104,7 @@ async def _crash_and_replace(folder: Path, crashes: int, runs: int) -> dict[str,
     await engines.start()
     try:
         await engines.load(network)
-        dark, bright = _grey_job("crashing", 0), _grey_job("crashing", 255)
+        dark, bright = grey_job("crashing", 0), grey_job("crashing", 255)  # bright aborts it
         for _ in range(20):
             await engines.run(network, [dark], alone=False)
         await asyncio.sleep(1)  # the start's own work settles

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from typing import Any
 import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
-from PIL import Image
 
 from broker.memory import MemoryBroker
 from consumers.config import ConsumerConfig
@@ -38,12 +36,6 @@ API_KEY = "test-key-0123456789abcdef"
 OTHER_KEY = "other-key-0123456789abcdef"
 WEBHOOK_RETRY_SCHEDULE = (0.05, 0.1)  # three attempts in well under a second
 WEBHOOK_TIMEOUT_S = 1.0  # short, so a test can outwait it; loopback receivers answer in milliseconds
-
-
-def png(color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

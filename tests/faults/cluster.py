@@ -21,7 +21,7 @@ import requests
 
 from broker.topology import INFERENCE
 from tests import brightness
-from tests.conftest import png
+from tests.images import png
 from tests.rabbitmq import RabbitMQ, free_port
 
 KEY = "chaos-key-0123456789abcdef"

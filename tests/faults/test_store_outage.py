@@ -21,7 +21,8 @@ from gateway.auth import ensure_api_key
 from gateway.context import GatewayConfig
 from store.factory import open_store
 from store.port import Store, StoreUnavailable
-from tests.conftest import API_KEY, Stack, png
+from tests.conftest import API_KEY, Stack
+from tests.images import png
 
 JOBS = 12
 

@@ -27,7 +27,8 @@ from store.api_keys import hash_key
 from store.factory import open_store
 from store.port import API_KEYS, NETWORKS, TASKS, Store
 from tests.broker.conftest import vhost_url
-from tests.conftest import API_KEY, OTHER_KEY, Stack, png
+from tests.conftest import API_KEY, OTHER_KEY, Stack
+from tests.images import png
 from tests.integration.test_recognition_flow import _classifier_version
 
 __all__ = ["vhost_url"]  # a fixture: a fresh virtual host, so a small queue limit meets no other test

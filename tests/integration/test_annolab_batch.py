@@ -18,7 +18,8 @@ from gateway.auth import ensure_api_key
 from schemas.annolab import CHUNK_SIZE, CHUNKS_AHEAD, BatchChunk
 from schemas.messages import InferenceJob
 from store.port import BATCH_JOBS, PREDICTIONS
-from tests.conftest import API_KEY, OTHER_KEY, Stack, png
+from tests.conftest import API_KEY, OTHER_KEY, Stack
+from tests.images import png
 from tests.integration.test_recognition_flow import _classifier_version
 
 # The sample script as the vendor's page (seed 002_9f892924015ea425) prints it, copied verbatim.

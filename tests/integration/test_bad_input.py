@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from gateway.context import CONFIG
-from tests.conftest import Stack, png
+from tests.conftest import Stack
+from tests.images import png
 
 
 async def _error(response: Any, status: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from schemas.messages import InferenceJob, ModelRef
 from schemas.networks import ImagePreprocessing, InputPreprocessing, Preprocessing
 from store.factory import open_store
 from store.port import BATCH_JOBS, BATCH_LINKS, SOURCES, TASKS, Batch, Store, StoreUnavailable
-from tests.conftest import png
+from tests.images import png
 
 OWNER = "tenant"
 JOB = "900"

@@ -20,7 +20,8 @@ from schemas.annolab import CHUNK_SIZE, CHUNKS_AHEAD
 from schemas.documents import SourceDoc, TaskOutcome
 from schemas.messages import InferenceJob
 from store.port import SOURCES, source_file_key
-from tests.conftest import API_KEY, Stack, png
+from tests.conftest import API_KEY, Stack
+from tests.images import png
 from tests.integration.test_recognition_flow import _classifier_version
 
 SOURCES_IN_JOB = 1_500

@@ -33,7 +33,7 @@ from schemas.messages import ModelRef
 from schemas.networks import ImagePreprocessing, InputPreprocessing, Preprocessing
 from store.factory import open_store
 from store.port import BATCH_JOBS, PREDICTIONS, SOURCES, TASKS, Store
-from tests.conftest import png
+from tests.images import png
 from tests.integration.test_batch_dispatch import FakeDelivery
 
 OWNER = "tenant"

@@ -15,7 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.routes import clarifai
-from tests.conftest import API_KEY, Stack, png
+from tests.conftest import API_KEY, Stack
+from tests.images import png
 
 KEY = {"Authorization": f"Key {API_KEY}"}
 WHITE = base64.b64encode(png((255, 255, 255))).decode()

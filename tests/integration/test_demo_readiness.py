@@ -20,7 +20,8 @@ from percept.demo import READINESS_NAME, start_demo_models
 from schemas.networks import ImagePreprocessing, InputPreprocessing, Preprocessing
 from schemas.specs import Label, LabelsOutput, SpecOutput
 from schemas.versions import ClassificationPostProcessing, PostProcessing
-from tests.conftest import Stack, png
+from tests.conftest import Stack
+from tests.images import png
 
 KEY = "bright"
 BODY = {"inputs": [{"image": {"source": base64.b64encode(png((250, 250, 250))).decode()}}]}

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.brightness import deploy_version
-from tests.conftest import png
+from tests.images import png
 from tests.rabbitmq import free_port, purge_queues
 
 pytestmark = pytest.mark.rabbitmq

@@ -13,32 +13,15 @@ from pathlib import Path
 import pytest
 
 from consumers import metrics
-from consumers.compute import PreparedJob, prepare
 from consumers.engines import EngineLost, Engines
 from consumers.models import LoadedNetwork
-from schemas.messages import InferenceJob, JobImage, ModelRef
-from schemas.networks import Preprocessing
-from tests.conftest import png
+from tests.images import grey_job
 
-PREPROCESSING = Preprocessing.model_validate(
-    {"inputs": [{"tensor_name": "image", "image": {"target_size": "16x16", "pixel_scaling": 1.0}}]}
-)
 MAX_RUN_S = 3.0
 
 
 def _network(network_id: str, folder: Path) -> LoadedNetwork:
     return LoadedNetwork(network_id=network_id, folder=folder, mean=None, size_bytes=1)
-
-
-def _job(network_id: str, grey: int) -> PreparedJob:
-    data = png((grey, grey, grey))
-    job = InferenceJob(
-        task_id=f"t{grey}",
-        owner="1",
-        model=ModelRef(network_id=network_id, network_files=[], preprocessing=PREPROCESSING),
-        image=JobImage(data=data),
-    )
-    return prepare(job, data, mean=None, max_pixels=10_000_000)
 
 
 def _mean(result: object) -> float:
@@ -77,7 +60,7 @@ async def test_a_batch_runs_in_the_engine_process_with_results_in_input_order(
     engines: Engines, tiny_models: dict[str, Path]
 ) -> None:
     network = _network("1", tiny_models["brightness"])
-    run = await engines.run(network, [_job("1", 0), _job("1", 255), _job("1", 128)], alone=False)
+    run = await engines.run(network, [grey_job("1", 0), grey_job("1", 255), grey_job("1", 128)], alone=False)
     assert [round(_mean(result), 2) for result in run.results] == [0.0, 1.0, 0.5]
     assert run.predict_s > 0
 
@@ -86,17 +69,17 @@ async def test_a_wedged_batch_is_killed_and_the_next_batch_runs_in_a_fresh_proce
     engines: Engines, tiny_models: dict[str, Path]
 ) -> None:
     network = _network("2", tiny_models["wedging"])
-    first = await engines.run(network, [_job("2", 0)] * 4, alone=False)  # measures this network's pace
+    first = await engines.run(network, [grey_job("2", 0)] * 4, alone=False)  # measures this network's pace
     assert all(_mean(result) == 0.0 for result in first.results)
     stalled = _lost("stalled")
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(EngineLost, match="ran longer than"):
-        await engines.run(network, [_job("2", 0), _job("2", 255)], alone=False)
+        await engines.run(network, [grey_job("2", 0), grey_job("2", 255)], alone=False)
     # Suspected after the floor of half a second, long before the hard limit a lone run gets.
     assert loop.time() - started < MAX_RUN_S
     assert _lost("stalled") == stalled + 1
-    again = await engines.run(network, [_job("2", 0)], alone=False)
+    again = await engines.run(network, [grey_job("2", 0)], alone=False)
     assert _mean(again.results[0]) == 0.0
 
 
@@ -104,14 +87,14 @@ async def test_a_last_lone_run_gets_the_whole_time_limit_in_a_process_of_its_own
     engines: Engines, tiny_models: dict[str, Path]
 ) -> None:
     network = _network("3", tiny_models["wedging"])
-    await engines.run(network, [_job("3", 0)], alone=False)
+    await engines.run(network, [grey_job("3", 0)], alone=False)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    last = asyncio.create_task(engines.run(network, [_job("3", 255)], alone=True, full_time=True))
+    last = asyncio.create_task(engines.run(network, [grey_job("3", 255)], alone=True, full_time=True))
     await asyncio.sleep(0.5)
     # Meanwhile batches go on in the main process, and first lone runs in quarantine.
-    during = await engines.run(network, [_job("3", 0)], alone=False)
-    first = await engines.run(network, [_job("3", 128)], alone=True)
+    during = await engines.run(network, [grey_job("3", 0)], alone=False)
+    first = await engines.run(network, [grey_job("3", 128)], alone=True)
     assert _mean(during.results[0]) == 0.0 and round(_mean(first.results[0]), 2) == 0.5
     assert not last.done()
     with pytest.raises(EngineLost, match="ran longer than 3 s"):
@@ -123,15 +106,15 @@ async def test_a_crashed_process_is_named_and_replaced(
     engines: Engines, tiny_models: dict[str, Path]
 ) -> None:
     network = _network("4", tiny_models["slow"])
-    await engines.run(network, [_job("4", 0)], alone=False)
+    await engines.run(network, [grey_job("4", 0)], alone=False)
     pid = engines.mains[0].pid
     assert pid is not None and pid != os.getpid()
-    running = asyncio.create_task(engines.run(network, [_job("4", 0)] * 32, alone=False))
+    running = asyncio.create_task(engines.run(network, [grey_job("4", 0)] * 32, alone=False))
     await asyncio.sleep(0.3)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(EngineLost, match="killed by SIGKILL"):
         await running
-    after = await engines.run(network, [_job("4", 255)], alone=False)
+    after = await engines.run(network, [grey_job("4", 255)], alone=False)
     assert _mean(after.results[0]) == 1.0
     assert engines.mains[0].pid not in (None, pid)
 
@@ -140,7 +123,7 @@ async def test_a_network_that_cannot_load_fails_its_jobs_not_the_process(
     engines: Engines, tmp_path: Path
 ) -> None:
     (tmp_path / "empty").mkdir()
-    run = await engines.run(_network("5", tmp_path / "empty"), [_job("5", 0)], alone=False)
+    run = await engines.run(_network("5", tmp_path / "empty"), [grey_job("5", 0)], alone=False)
     assert "saved_model.pb" in str(run.results[0]) or "SavedModel" in str(run.results[0])
     pid = engines.mains[0].pid
     assert pid is not None
@@ -151,16 +134,16 @@ async def test_a_crash_of_the_models_own_is_deterministic_and_a_kill_from_outsid
     engines: Engines, tiny_models: dict[str, Path]
 ) -> None:
     network = _network("6", tiny_models["crashing"])
-    assert _mean((await engines.run(network, [_job("6", 0)], alone=False)).results[0]) == 0.0
+    assert _mean((await engines.run(network, [grey_job("6", 0)], alone=False)).results[0]) == 0.0
     with pytest.raises(EngineLost, match="killed by SIGABRT") as crashed:
-        await engines.run(network, [_job("6", 0), _job("6", 255)], alone=False)
+        await engines.run(network, [grey_job("6", 0), grey_job("6", 255)], alone=False)
     assert crashed.value.deterministic  # the input would do it again: one lone run proves it
     # The fresh process loads the network again (a request of its own), then runs the next batch.
-    assert _mean((await engines.run(network, [_job("6", 0)], alone=False)).results[0]) == 0.0
+    assert _mean((await engines.run(network, [grey_job("6", 0)], alone=False)).results[0]) == 0.0
     pid = engines.mains[0].pid
     assert pid is not None
     running = asyncio.create_task(
-        engines.run(_network("7", tiny_models["slow"]), [_job("7", 0)] * 64, alone=False)
+        engines.run(_network("7", tiny_models["slow"]), [grey_job("7", 0)] * 64, alone=False)
     )
     await asyncio.sleep(0.5)
     os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would: not the input's doing
@@ -173,14 +156,14 @@ async def test_a_first_lone_run_is_suspected_early_and_a_last_one_gets_the_whole
     engines: Engines, tiny_models: dict[str, Path]
 ) -> None:
     network = _network("8", tiny_models["wedging"])
-    await engines.run(network, [_job("8", 0)], alone=True)  # measures the pace; loads quarantine
+    await engines.run(network, [grey_job("8", 0)], alone=True)  # measures the pace; loads quarantine
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(EngineLost, match=r"ran longer than 0\.5 s") as stalled:
-        await engines.run(network, [_job("8", 255)], alone=True)
+        await engines.run(network, [grey_job("8", 255)], alone=True)
     assert loop.time() - started < MAX_RUN_S and not stalled.value.deterministic
     # A good job's first lone run in the replaced process: the load is not counted in its deadline.
-    assert _mean((await engines.run(network, [_job("8", 0)], alone=True)).results[0]) == 0.0
+    assert _mean((await engines.run(network, [grey_job("8", 0)], alone=True)).results[0]) == 0.0
 
 
 async def test_a_run_is_announced_once_its_process_is_up_and_the_network_loaded(
@@ -193,7 +176,7 @@ async def test_a_run_is_announced_once_its_process_is_up_and_the_network_loaded(
     async def starting() -> None:
         seen.append((engines.quarantine.pid, engines.quarantine.holds("13")))
 
-    run = await engines.run(network, [_job("13", 0)], alone=True, starting=starting)
+    run = await engines.run(network, [grey_job("13", 0)], alone=True, starting=starting)
     assert _mean(run.results[0]) == 0.0
     assert seen == [(engines.quarantine.pid, True)] and seen[0][0] is not None
 
@@ -211,12 +194,12 @@ async def test_a_lost_main_process_is_replaced_in_the_background_while_batches_g
     network = _network("9", tiny_models["crashing"])
     await two_engines.load(network)
     with pytest.raises(EngineLost):
-        await two_engines.run(network, [_job("9", 0), _job("9", 255)], alone=False)
+        await two_engines.run(network, [grey_job("9", 0), grey_job("9", 255)], alone=False)
     (lost,) = [slot for slot in two_engines.mains if not slot.running]
     assert lost.replacing
     # The next batches go to the process still running, without waiting for the replacement's load.
     for _ in range(3):
-        assert _mean((await two_engines.run(network, [_job("9", 0)], alone=False)).results[0]) == 0.0
+        assert _mean((await two_engines.run(network, [grey_job("9", 0)], alone=False)).results[0]) == 0.0
     assert lost.replacing
     await _until(lambda: lost.running)
     assert lost.holds("9")  # loaded in the background, with the network the lost process held
@@ -226,9 +209,9 @@ async def test_a_network_dropped_while_a_replacement_loads_it_is_dropped_from_th
     engines: Engines, tiny_models: dict[str, Path]
 ) -> None:
     network = _network("11", tiny_models["crashing"])
-    await engines.run(network, [_job("11", 0)], alone=False)
+    await engines.run(network, [grey_job("11", 0)], alone=False)
     with pytest.raises(EngineLost):
-        await engines.run(network, [_job("11", 255), _job("11", 0)], alone=False)
+        await engines.run(network, [grey_job("11", 255), grey_job("11", 0)], alone=False)
     (slot,) = engines.mains
     assert slot.replacing
     engines.drop("11")  # redeployed, say: the replacement must not keep the old files' model
@@ -239,11 +222,11 @@ async def test_first_lone_runs_waiting_when_the_quarantine_process_is_lost_go_on
     engines: Engines, tiny_models: dict[str, Path]
 ) -> None:
     network = _network("12", tiny_models["crashing"])
-    await engines.run(network, [_job("12", 0)], alone=False)  # measures the pace
-    await engines.run(network, [_job("12", 0)], alone=True)  # starts quarantine
-    culprit = asyncio.create_task(engines.run(network, [_job("12", 255)], alone=True))
+    await engines.run(network, [grey_job("12", 0)], alone=False)  # measures the pace
+    await engines.run(network, [grey_job("12", 0)], alone=True)  # starts quarantine
+    culprit = asyncio.create_task(engines.run(network, [grey_job("12", 255)], alone=True))
     await asyncio.sleep(0)  # the culprit takes the quarantine process first
-    innocent = asyncio.create_task(engines.run(network, [_job("12", 128)], alone=True))
+    innocent = asyncio.create_task(engines.run(network, [grey_job("12", 128)], alone=True))
     with pytest.raises(EngineLost, match="SIGABRT"):
         await culprit
     assert round(_mean((await innocent).results[0]), 2) == 0.5
@@ -255,10 +238,10 @@ async def test_batches_run_side_by_side_in_as_many_processes_as_configured(
 ) -> None:
     """While one process spins on a wedged batch, the other serves the next batch: they do not queue."""
     network = _network("10", tiny_models["wedging"])
-    await two_engines.run(network, [_job("10", 0)] * 4, alone=False)  # measures the pace
-    wedged = asyncio.create_task(two_engines.run(network, [_job("10", 255)], alone=False))
+    await two_engines.run(network, [grey_job("10", 0)] * 4, alone=False)  # measures the pace
+    wedged = asyncio.create_task(two_engines.run(network, [grey_job("10", 255)], alone=False))
     await asyncio.sleep(0)  # the wedged batch takes its process first
-    served = await two_engines.run(network, [_job("10", 0), _job("10", 128)], alone=False)
+    served = await two_engines.run(network, [grey_job("10", 0), grey_job("10", 128)], alone=False)
     assert [round(_mean(result), 2) for result in served.results] == [0.0, 0.5]
     assert not wedged.done()
     with pytest.raises(EngineLost, match="ran longer than"):

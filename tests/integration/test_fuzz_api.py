@@ -50,7 +50,7 @@ from gateway.auth import ensure_api_key
 from gateway.context import GatewayConfig
 from gateway.http_server import MAX_FIELD_BYTES, MAX_REQUEST_LINE_BYTES, GatewayRunner
 from store.factory import open_store
-from tests.conftest import png
+from tests.images import png
 from tests.models import network_parts
 
 pytestmark = [

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.conftest import Stack, png
+from tests.conftest import Stack
+from tests.images import png
 
 pytestmark = pytest.mark.slow
 

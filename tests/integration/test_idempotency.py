@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from broker.port import BrokerUnavailable
-from tests.conftest import OTHER_KEY, Stack, png
+from tests.conftest import OTHER_KEY, Stack
+from tests.images import png
 
 
 async def _network(stack: Stack, tiny_models: dict[str, Path]) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from consumers import metrics
-from tests.conftest import Stack, embedded_stack, png
+from tests.conftest import Stack, embedded_stack
+from tests.images import png
 from tests.integration.test_recognition_flow import _classifier_version
 
 MAX_RUN_S = 2.0

@@ -11,7 +11,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.topology import INFERENCE
-from tests.conftest import Stack, png
+from tests.conftest import Stack
+from tests.images import png
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -19,7 +19,8 @@ from gateway.app import create_app
 from gateway.context import GatewayConfig
 from schemas.documents import TaskDoc, TaskKind, TaskOutcome, TaskStatus, subtask_id
 from store.port import TASKS
-from tests.conftest import OTHER_KEY, Stack, png
+from tests.conftest import OTHER_KEY, Stack
+from tests.images import png
 from tests.integration.test_recognition_flow import _classifier_version, _deployed
 from tests.integration.test_webhooks import _get
 

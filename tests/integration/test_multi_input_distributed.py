@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.brightness import deploy_version
-from tests.conftest import png
+from tests.images import png
 from tests.integration.test_distributed import KEY, _logs, _wait
 
 pytestmark = pytest.mark.rabbitmq

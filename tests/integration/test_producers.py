@@ -22,7 +22,8 @@ from consumers.service import ConsumerService
 from gateway.asyncapi import documents, render
 from schemas.documents import TaskDoc
 from store.port import TASKS
-from tests.conftest import API_KEY, OTHER_KEY, Stack, png
+from tests.conftest import API_KEY, OTHER_KEY, Stack
+from tests.images import png
 from tests.integration.test_recognition_flow import _classifier_version
 from tests.rabbitmq import purge_queues
 

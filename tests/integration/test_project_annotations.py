@@ -9,7 +9,8 @@ from aiohttp import FormData
 
 from schemas.documents import RegionDoc
 from store.port import REGIONS
-from tests.conftest import OTHER_KEY, Stack, png
+from tests.conftest import OTHER_KEY, Stack
+from tests.images import png
 
 
 async def _call(

@@ -11,7 +11,8 @@ import pytest
 from aiohttp import FormData, web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import OTHER_KEY, Stack, png
+from tests.conftest import OTHER_KEY, Stack
+from tests.images import png
 
 
 async def _deployed(stack: Stack, folder: Path, *, target_size: str) -> dict[str, Any]:

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from consumers.sandbox import Sandbox, SandboxLimits, TrialFailure
 from schemas.networks import Preprocessing
-from tests.conftest import Stack, embedded_stack, png
+from tests.conftest import Stack, embedded_stack
+from tests.images import png
 
 MEMORY_MB = 1024  # TensorFlow and a tiny model need about 450 MB of it
 PREPROCESSING = Preprocessing.model_validate(

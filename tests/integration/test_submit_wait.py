@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from broker.topology import INFERENCE
-from tests.conftest import Stack, png
+from tests.conftest import Stack
+from tests.images import png
 from tests.integration.test_recognition_flow import _classifier_version
 
 WHITE = base64.b64encode(png((255, 255, 255))).decode()

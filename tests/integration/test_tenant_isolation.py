@@ -19,7 +19,8 @@ from gateway.auth import ensure_api_key
 from schemas.documents import AttemptResult, WebhookAttemptDoc
 from schemas.webhooks import WebhookEvent
 from store.port import WEBHOOK_ATTEMPTS
-from tests.conftest import API_KEY, OTHER_KEY, Stack, png
+from tests.conftest import API_KEY, OTHER_KEY, Stack
+from tests.images import png
 from tests.integration.test_recognition_flow import _classifier_version
 
 THIRD_KEY = "third-key-0123456789abcdef"

@@ -15,7 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook
 
-from tests.conftest import OTHER_KEY, WEBHOOK_RETRY_SCHEDULE, Stack, png
+from tests.conftest import OTHER_KEY, WEBHOOK_RETRY_SCHEDULE, Stack
+from tests.images import png
 
 WAIT = 30.0  # seconds; bound on every wait below
 

@@ -17,7 +17,7 @@ from gateway.images import job_image, sniff_format
 from gateway.unflatten import unflatten
 from schemas.inference import ImageInput, InferenceRequest
 from schemas.messages import JobImage
-from tests.conftest import png
+from tests.images import png
 
 
 def test_unflatten_follows_the_official_client() -> None:
